@@ -1,0 +1,64 @@
+"""The prepared dataset in memory: manifest, splits as uint8 tensors, augmentation, batches.
+
+The prepared dataset is a folder of PNG images plus `manifest.csv`
+(path, label, split, sha256 and every per-image attribute the dataset has).
+Everything downstream reads the manifest, so all models see the same split.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+CLASSES = ["good", "defect"]  # index 1 is the positive (defect) class everywhere
+SPLITS = ("train", "val", "test")
+
+
+def read_manifest(prepared_dir):
+    path = Path(prepared_dir) / "manifest.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first")
+    return pd.read_csv(path)
+
+
+def load_split(prepared_dir, split, image_size, limit=None):
+    """One split as (uint8 RGB tensor N x 3 x S x S, int64 labels N), resized once in memory."""
+    rows = read_manifest(prepared_dir).query("split == @split")
+    if limit:
+        rows = rows.iloc[:limit]
+    images = np.stack([_load_rgb(Path(prepared_dir) / p, image_size) for p in rows["path"]])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor(rows["label"].to_numpy(), dtype=torch.long)
+    return x, y
+
+
+def _load_rgb(path, size):
+    img = Image.open(path).convert("RGB")
+    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def to_float(x_uint8):
+    """uint8 images -> float in [0, 1]; models normalise internally (see models.Classifier)."""
+    return x_uint8.float().div_(255.0)
+
+
+def augment(x, generator):
+    """Random horizontal and vertical flips per image: defects keep their label under flips."""
+    flip_h = torch.rand(len(x), generator=generator) < 0.5
+    flip_v = torch.rand(len(x), generator=generator) < 0.5
+    x = x.clone()
+    x[flip_h] = x[flip_h].flip(-1)
+    x[flip_v] = x[flip_v].flip(-2)
+    return x
+
+
+def batches(x, y, batch_size, shuffle=False, generator=None):
+    order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        yield x[idx], y[idx]

@@ -1,0 +1,83 @@
+"""Read params.yaml, check knobs before any work starts, and set up a stage run.
+
+Every stage calls `load(section)` first: a bad value stops the stage with a
+`ParamError` that names the key, the value and what is allowed, before any data
+is read or any output is touched.
+"""
+
+import logging
+import random
+
+import numpy as np
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+class ParamError(ValueError):
+    """A params.yaml value is outside what the stage accepts."""
+
+
+def load(path="params.yaml"):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def check_choice(key, value, allowed):
+    if value not in allowed:
+        raise ParamError(f"{key}={value!r} is not allowed; expected one of {sorted(allowed)}")
+    return value
+
+
+def check_range(key, value, lo, hi, lo_inclusive=True, hi_inclusive=True):
+    """Check lo <= value <= hi (inclusive or open on either end)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value >= lo if lo_inclusive else value > lo) and (value <= hi if hi_inclusive else value < hi)
+    if not ok:
+        interval = f"{'[' if lo_inclusive else '('}{lo}, {hi}{']' if hi_inclusive else ')'}"
+        raise ParamError(f"{key}={value!r} is out of range; expected a number in {interval}")
+    return value
+
+
+def check_int(key, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ParamError(f"{key}={value!r} is not allowed; expected an integer >= {minimum}")
+    return value
+
+
+def check_base(base):
+    check_int("base.seed", base["seed"], 0)
+    size = check_int("base.image_size", base["image_size"], 32)
+    if size % 32:
+        raise ParamError(f"base.image_size={size} is not allowed; expected a multiple of 32 (the network stride)")
+    check_int("base.threads", base["threads"], 1)
+    check_choice("base.channels_last", base["channels_last"], {True, False})
+    check_choice("base.device", base["device"], {"cpu", "cuda"})
+    if base["device"] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ParamError("base.device='cuda' but torch sees no CUDA device; expected 'cpu' on this machine")
+    return base
+
+
+def setup(base):
+    """Logging, threads and seeds: the same start for every stage.
+
+    torch is imported here, not at the top, so that an ONNX Runtime benchmark
+    process never loads it and its peak memory is ORT's alone.
+    """
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(base["threads"])
+    seed_everything(base["seed"])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    import torch
+
+    torch.manual_seed(seed)

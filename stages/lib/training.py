@@ -1,0 +1,129 @@
+"""One training recipe for every model: AdamW, cosine LR, best epoch by validation AUROC.
+
+With a `teacher`, the loss is knowledge distillation (Hinton et al. 2015):
+    alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y)
+"""
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dvclive import Live
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from stages.lib import data, models
+from stages.lib.outputs import write_json
+from stages.lib.params import check_int, check_range
+
+log = logging.getLogger(__name__)
+
+
+def check_recipe(train):
+    check_int("train.epochs", train["epochs"], 1)
+    check_int("train.batch_size", train["batch_size"], 1)
+    check_range("train.lr", train["lr"], 0, 1, lo_inclusive=False)
+    check_range("train.weight_decay", train["weight_decay"], 0, 1)
+    return train
+
+
+def check_kd(section, params):
+    check_range(f"{section}.temperature", params["temperature"], 0, 100, lo_inclusive=False)
+    check_range(f"{section}.alpha", params["alpha"], 0, 1)
+
+
+def kd_loss(student_logits, teacher_logits, targets, temperature, alpha):
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student_logits / t, 1),
+        F.log_softmax(teacher_logits / t, 1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, targets)
+    return alpha * t * t * soft + (1.0 - alpha) * hard
+
+
+@torch.inference_mode()
+def predict(model, x_uint8, batch_size=64, channels_last=False, device="cpu"):
+    """Defect probability (softmax of class 1) for every image, in order."""
+    model.eval()
+    probs = []
+    for xb, _ in data.batches(x_uint8, torch.zeros(len(x_uint8)), batch_size):
+        xb = data.to_float(xb.to(device))
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        probs.append(model(xb).softmax(1)[:, 1].float().cpu())
+    return torch.cat(probs).numpy()
+
+
+def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
+    """Train `model` in place and return it holding the weights of its best validation epoch."""
+    (x_train, y_train), (x_val, y_val) = train_xy, val_xy
+    device, channels_last = base["device"], base["channels_last"]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    if teacher is not None:
+        teacher.eval().to(device, memory_format=memory_format)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    steps = recipe["epochs"] * -(-len(x_train) // recipe["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(base["seed"])
+    best = {"auroc": -1.0}
+    with Live(live_dir, save_dvc_exp=False, dvcyaml=None) as live:
+        for epoch in range(recipe["epochs"]):
+            model.train()
+            losses = []
+            bar = tqdm(data.batches(x_train, y_train, recipe["batch_size"], shuffle=True, generator=gen),
+                       total=-(-len(x_train) // recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}",
+                       leave=False)  # fmt: skip
+            for xb, yb in bar:
+                xb = data.to_float(data.augment(xb, gen).to(device)).contiguous(memory_format=memory_format)
+                yb = yb.to(device)
+                logits = model(xb)
+                if teacher is None:
+                    loss = F.cross_entropy(logits, yb)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher(xb)
+                    loss = kd_loss(logits, teacher_logits, yb, kd["temperature"], kd["alpha"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            val_prob = predict(model, x_val, channels_last=channels_last, device=device)
+            val_auroc = float(roc_auc_score(y_val.numpy(), val_prob))
+            val_loss = float(F.binary_cross_entropy(torch.from_numpy(val_prob).clamp(1e-6, 1 - 1e-6), y_val.float()))
+            live.log_metric("train/loss", float(np.mean(losses)))
+            live.log_metric("val/loss", val_loss)
+            live.log_metric("val/auroc", val_auroc)
+            live.log_metric("lr", sched.get_last_lr()[0])
+            live.next_step()
+            log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f", epoch + 1, recipe["epochs"],
+                     np.mean(losses), val_loss, val_auroc)  # fmt: skip
+            if val_auroc > best["auroc"]:
+                best = {"auroc": val_auroc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+    model.load_state_dict(best["state"])
+    model.to("cpu", memory_format=torch.contiguous_format)
+    log.info("best epoch %d (val_auroc %.4f)", best["epoch"], best["auroc"])
+    return model.eval(), {"best_epoch": best["epoch"], "val_auroc": round(best["auroc"], 4)}
+
+
+def run(stage, params, data_dir, out_dir, live_dir, metrics_path, model_name, weights, teacher=None, kd=None):
+    """The body shared by finetune_teacher, train_student and distill: data -> fit -> save."""
+    base = params["base"]
+    size = base["image_size"]
+    train_xy = data.load_split(data_dir, "train", size)
+    val_xy = data.load_split(data_dir, "val", size)
+    log.info("%s: %d train / %d val images at %dx%d", stage, len(train_xy[0]), len(val_xy[0]), size, size)
+    model = models.pretrained(model_name, weights, num_classes=len(data.CLASSES))
+    start = time.perf_counter()
+    model, best = fit(model, train_xy, val_xy, params["train"], live_dir, base, teacher, kd)
+    minutes = (time.perf_counter() - start) / 60
+    card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, data.CLASSES), **best})
+    write_json(metrics_path, {**best, "param_count": card["param_count"], "train_minutes": round(minutes, 2)})

@@ -1,0 +1,30 @@
+"""train_student: the student with the teacher's recipe and no teacher - the baseline for KD.
+
+python -m stages.train_student data/prepared artifacts/student plots/train/student metrics/train_student.json
+"""
+
+import argparse
+
+from stages.lib import models, params, training
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir")
+    parser.add_argument("out_dir", help="folder for model.pt and card.json")
+    parser.add_argument("live_dir", help="dvclive folder for per-epoch curves")
+    parser.add_argument("metrics")
+    args = parser.parse_args()
+    p = params.load()
+    params.check_base(p["base"])
+    training.check_recipe(p["train"])
+    sec = p["train_student"]
+    models.check_spec("train_student", sec["model"], sec["weights"])
+    params.setup(p["base"])
+    training.run(
+        "train_student", p, args.data_dir, args.out_dir, args.live_dir, args.metrics, sec["model"], sec["weights"]
+    )
+
+
+if __name__ == "__main__":
+    main()
