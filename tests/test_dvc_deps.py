@@ -1,0 +1,46 @@
+"""Honest deps: each stage in dvc.yaml lists its script and every stages.lib module it imports."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+
+def lib_imports(path, root, seen=None):
+    """stages/lib/*.py files imported by `path`, followed transitively."""
+    seen = set() if seen is None else seen
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages.lib"):
+            names = [node.module] if node.module != "stages.lib" else [f"stages.lib.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("stages.lib.")]
+        for name in names:
+            dep = root / (name.replace(".", "/") + ".py")
+            if dep not in seen:
+                seen.add(dep)
+                lib_imports(dep, root, seen)
+    return seen
+
+
+def test_every_stage_lists_what_it_imports(root):
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    lib = next(v["lib"] for v in spec["vars"] if "lib" in v)
+    for name, stage in spec["stages"].items():
+        body = stage.get("do", stage)
+        deps = {d.replace("${lib}", lib) for d in body["deps"]}
+        script = f"stages/{name}.py"
+        assert script in deps, f"{name}: {script} missing from deps"
+        assert f"python -m stages.{name} " in body["cmd"], f"{name}: stage and module names differ"
+        needed = {str(p.relative_to(root)) for p in lib_imports(root / script, root)}
+        assert needed <= deps, f"{name}: deps miss {sorted(needed - deps)}"
+        unused = {d for d in deps if d.startswith(lib)} - needed
+        assert not unused, f"{name}: deps list modules it does not import {sorted(unused)}"
+
+
+def test_every_variant_is_plotted_and_evaluated(root):
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
+    plotted = Path(root / "dvc.yaml").read_text()
+    for v in variants:
+        assert f"plots/evaluate/roc/{v}.csv" in plotted and f"plots/evaluate/pr/{v}.csv" in plotted
