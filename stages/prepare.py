@@ -35,6 +35,8 @@ def check(p):
     if cats is not None and not (isinstance(cats, list) and cats and all(isinstance(c, str) for c in cats)):
         raise params.ParamError(f"prepare.categories={cats!r} is not allowed; expected a list of names or null (all)")
     params.check_choice("prepare.on_bad_image", prep["on_bad_image"], {"skip", "error"})
+    if prep["max_side"] is not None:
+        params.check_int("prepare.max_side", prep["max_side"], p["base"]["image_size"])
     return prep
 
 

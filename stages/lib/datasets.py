@@ -237,7 +237,7 @@ def _decode(name, records, prep, classes, task, attributes):
     images, kept, bad = [], [], []
     for rec in tqdm(records, desc=f"decode {name}", unit="img", mininterval=5, disable=len(records) < 500):
         try:
-            images.append(read_image(rec["path"]))
+            images.append(read_image(rec["path"], prep.get("max_side")))
         except ImageDecodeError as e:
             if prep.get("on_bad_image", "skip") == "error":
                 raise

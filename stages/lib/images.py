@@ -29,14 +29,24 @@ class ImageDecodeError(ValueError):
         self.path, self.reason = str(path), reason
 
 
-def read_image(path):
-    """The file as uint8 (H, W) grayscale or (H, W, 3) RGB; raises ImageDecodeError if it cannot be decoded."""
+def read_image(path, max_side=None):
+    """The file as uint8 (H, W) grayscale or (H, W, 3) RGB; raises ImageDecodeError if it cannot be decoded.
+
+    With `max_side`, larger images are shrunk (aspect kept, area filter) right after decoding, so a
+    data set of 1024 px photos never sits in memory at full size.
+    """
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so that a truncated file fails here and not later
-            return to_uint8(img)
+            pixels = to_uint8(img)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(path, f"{type(e).__name__}: {e}") from e
+    h, w = pixels.shape[:2]
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BOX), dtype=np.uint8)
+    return pixels
 
 
 def to_uint8(img):
