@@ -280,3 +280,11 @@ def test_prepare_splits_a_loaded_set_with_copies_together(tmp_path):
     assert counts["test_defect"] == counts["val_defect"] == 6 and counts["train_images"] == 72
     manifest = datasets.write_prepared(tmp_path, images, split)
     assert (tmp_path / manifest["path"].iloc[5]).is_file() and {"sha256", "split", "source"} <= set(manifest.columns)
+
+
+def test_max_side_shrinks_large_images_at_decode(tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.full((1024, 768, 3), 200, np.uint8)).save(path)
+    assert read_image(path).shape == (1024, 768, 3)
+    assert read_image(path, max_side=512).shape == (512, 384, 3)
+    assert read_image(path, max_side=2048).shape == (1024, 768, 3)
