@@ -1,13 +1,21 @@
-"""evaluate: one variant on the shared test split, at a threshold chosen on validation.
+"""evaluate: one variant on the shared test split, at an operating point chosen on validation.
 
     python -m stages.evaluate student_kd_int8 onnxruntime artifacts/quantize/student_kd/int8.onnx \
-        data/prepared metrics/evaluate/student_kd_int8.json plots/evaluate
+        data/prepared metrics/evaluate/student_kd_int8.json plots/evaluate artifacts/predictions
+
+Binary task: the threshold is the highest that reaches `evaluate.target_recall` on validation
+defects; on test: recall, FNR, precision, F1, accuracy, AUROC, average precision, recall at
+fixed false-alarm rates. Multi-class: argmax; accuracy, macro recall/F1/AUROC, per-class recall.
+Both: bootstrap 95 % intervals and a breakdown by every attribute the dataset keeps.
 """
 
 import argparse
 import hashlib
 import logging
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from stages.lib import data, metrics, params, runtime
 from stages.lib.outputs import write_json
@@ -19,7 +27,40 @@ def check(p):
     params.check_base(p["base"])
     ev = p["evaluate"]
     params.check_range("evaluate.target_recall", ev["target_recall"], 0, 1, lo_inclusive=False)
+    params.check_int("evaluate.bootstrap", ev["bootstrap"], 100)
+    if not isinstance(ev["fixed_fpr_pct"], list):
+        raise params.ParamError(f"evaluate.fixed_fpr_pct={ev['fixed_fpr_pct']!r}; expected a list like [1, 5]")
+    for pct in ev["fixed_fpr_pct"]:
+        params.check_range("evaluate.fixed_fpr_pct[]", pct, 0, 100, lo_inclusive=False, hi_inclusive=False)
     return ev
+
+
+def test_split_hash(rows):
+    """Identifies the test set by content (image hashes and labels), not by file names."""
+    key = "\n".join(rows["sha256"].astype(str) + ":" + rows["label"].astype(str))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def binary(probs, labels, ev, seed):
+    scores = {s: probs[s][:, 1] for s in probs}
+    threshold = metrics.choose_threshold(scores["val"], labels["val"], ev["target_recall"])
+    val = metrics.binary_metrics(scores["val"], labels["val"], threshold)
+    y, s = labels["test"], scores["test"]
+    pred = (s >= threshold).astype(int)
+    result = {**metrics.binary_metrics(s, y, threshold), "target_recall": ev["target_recall"],
+              "val_recall": val["recall"], "ap": metrics.average_precision(s, y)}  # fmt: skip
+    for pct in ev["fixed_fpr_pct"]:
+        result[f"recall_at_fpr_{pct:g}pct"] = metrics.recall_at_fpr(s, y, pct / 100)
+    ci = metrics.bootstrap_ci(y, pred, s, metrics.BINARY_CI, ev["bootstrap"], seed)
+    return result, ci, pred, s
+
+
+def multiclass(probs, labels, classes, ev, seed):
+    y, p = labels["test"], probs["test"]
+    pred = p.argmax(1)
+    result = metrics.multiclass_metrics(p, y, classes)
+    ci = metrics.bootstrap_ci(y, pred, p.max(1), metrics.MULTICLASS_CI, ev["bootstrap"], seed, len(classes))
+    return result, ci, pred, p.max(1)
 
 
 def main():
@@ -29,38 +70,51 @@ def main():
     parser.add_argument("model", help="model.pt (torch) or .onnx (onnxruntime)")
     parser.add_argument("data_dir")
     parser.add_argument("metrics")
-    parser.add_argument("plots_dir", help="ROC and PR points go to <plots_dir>/{roc,pr}/<variant>.csv")
+    parser.add_argument("plots_dir", help="<plots_dir>/{roc,pr,confusion}/<variant>.csv")
+    parser.add_argument("predictions_dir", help="<predictions_dir>/<variant>.csv: one row per test image")
     args = parser.parse_args()
     p = params.load()
     ev = check(p)
     params.setup(p["base"])
-    size = p["base"]["image_size"]
+    info = data.read_info(args.data_dir)
+    classes, size, seed = info["classes"], p["base"]["image_size"], p["base"]["seed"]
 
     runner = runtime.load_runner(args.model, args.runtime, p["base"]["threads"])
-    scores, labels = {}, {}
+    probs, labels = {}, {}
     for split in ("val", "test"):
         x, y = data.load_split(args.data_dir, split, size)
-        scores[split] = runtime.predict(runner, data.to_float(x).numpy())
-        labels[split] = y.numpy()
+        probs[split], labels[split] = runtime.predict(runner, data.to_float(x).numpy()), y.numpy()
 
-    threshold = metrics.choose_threshold(scores["val"], labels["val"], ev["target_recall"])
-    val = metrics.binary_metrics(scores["val"], labels["val"], threshold)
-    test = metrics.binary_metrics(scores["test"], labels["test"], threshold)
-    manifest = (Path(args.data_dir) / "manifest.csv").read_bytes()
-    result = {
-        **test,
-        "target_recall": ev["target_recall"],
-        "val_recall": val["recall"],
-        "val_auroc": val["auroc"],
-        "manifest_sha256": hashlib.sha256(manifest).hexdigest()[:16],  # proves every variant saw the same split
-    }
+    if info["task"] == "binary":
+        result, ci, pred, score = binary(probs, labels, ev, seed)
+        curve_scores, curve_labels = score, labels["test"]
+    else:
+        result, ci, pred, score = multiclass(probs, labels, classes, ev, seed)
+        # micro-averaged one-vs-rest curves: every (image, class) pair is one decision
+        curve_scores, curve_labels = probs["test"].ravel(), np.eye(len(classes))[labels["test"]].ravel()
+    rows = data.read_manifest(args.data_dir).query("split == 'test'").reset_index(drop=True)
+    result.update({f"{k}_ci95": v for k, v in ci.items()})
+    result["by"] = metrics.breakdown(rows, info["attributes"], labels["test"], pred, info["task"])
+    result["task"] = info["task"]
+    result["test_sha256"] = test_split_hash(rows)  # report refuses variants tested on different images
     write_json(args.metrics, result)
+
+    plots = Path(args.plots_dir)
     for name, points in (("roc", metrics.roc_points), ("pr", metrics.pr_points)):
-        out = Path(args.plots_dir) / name / f"{args.variant}.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        points(scores["test"], labels["test"]).to_csv(out, index=False)
-    log.info("%s: threshold %.4f (val recall %.3f) -> test recall %.3f precision %.3f f1 %.3f auroc %.3f",
-             args.variant, threshold, val["recall"], test["recall"], test["precision"], test["f1"], test["auroc"])  # fmt: skip
+        (plots / name).mkdir(parents=True, exist_ok=True)
+        points(curve_scores, curve_labels).to_csv(plots / name / f"{args.variant}.csv", index=False)
+    (plots / "confusion").mkdir(parents=True, exist_ok=True)
+    names = np.array(classes)
+    pd.DataFrame({"actual": names[labels["test"]], "predicted": names[pred]}).to_csv(
+        plots / "confusion" / f"{args.variant}.csv", index=False
+    )
+    out = Path(args.predictions_dir) / f"{args.variant}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"sha256": rows["sha256"], "label": labels["test"], "pred": pred, "score": score}).to_csv(
+        out, index=False
+    )
+    primary = "recall" if info["task"] == "binary" else "macro_recall"
+    log.info("%s: test %s %.3f %s", args.variant, primary, result[primary], ci.get(primary))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """prepare: load a real dataset, label it, split it train/val/test once, write images + manifest.
 
 python -m stages.prepare data/prepared metrics/prepare.json
+
+Writes data/prepared/{images/, manifest.csv, classes.json}; exact duplicate images always share a split.
 """
 
 import argparse
 import logging
+from pathlib import Path
 
-import numpy as np
-
-from stages.lib import data, datasets, params
+from stages.lib import data, datasets, images, params
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prepare")
@@ -27,16 +28,39 @@ def check(p):
             "expected < 1 so that images remain for training"
         )
     params.check_int("prepare.max_images", prep["max_images"], 0)
+    for key in ("root", "good_class"):
+        if prep[key] is not None and not isinstance(prep[key], str):
+            raise params.ParamError(f"prepare.{key}={prep[key]!r} is not allowed; expected a string or null")
+    cats = prep["categories"]
+    if cats is not None and not (isinstance(cats, list) and cats and all(isinstance(c, str) for c in cats)):
+        raise params.ParamError(f"prepare.categories={cats!r} is not allowed; expected a list of names or null (all)")
+    params.check_choice("prepare.on_bad_image", prep["on_bad_image"], {"skip", "error"})
+    if prep["max_side"] is not None:
+        params.check_int("prepare.max_side", prep["max_side"], p["base"]["image_size"])
     return prep
 
 
-def split_counts(manifest):
+def split_counts(manifest, classes):
     counts = {"n_images": len(manifest)}
-    for split, rows in manifest.groupby("split"):
+    for split in data.SPLITS:
+        rows = manifest[manifest["split"] == split]
         counts[f"{split}_images"] = len(rows)
-        for idx, name in enumerate(data.CLASSES):
+        for idx, name in enumerate(classes):
             counts[f"{split}_{name}"] = int((rows["label"] == idx).sum())
     return counts
+
+
+def hash_and_split(loaded, prep, seed):
+    """Pixel hashes, the optional subsample and the split: (images, table with sha256 and split columns)."""
+    table = loaded.table.assign(sha256=[images.image_sha256(img) for img in loaded.images])
+    strata = table[["class_name", *loaded.attributes]].astype(str).agg("/".join, axis=1).to_numpy()
+    keep = datasets.subsample(strata, prep["max_images"], seed)
+    pixels, table = [loaded.images[i] for i in keep], table.iloc[keep].reset_index(drop=True)
+    hashes = table["sha256"].to_numpy()
+    table["split"] = datasets.stratified_split(strata[keep], prep["val_fraction"], prep["test_fraction"], seed, hashes)
+    if datasets.find_duplicates(table):
+        raise RuntimeError("exact duplicate images landed in different splits; stratified_split should prevent this")
+    return pixels, table
 
 
 def main():
@@ -48,20 +72,27 @@ def main():
     prep = check(p)
     params.setup(p["base"])
 
-    images, table = datasets.DATASETS[prep["dataset"]](prep["defect_threshold"])
-    strata = table["label"].astype(str) + "/" + table["cell_type"].astype(str)
-    keep = datasets.subsample(strata.to_numpy(), prep["max_images"], p["base"]["seed"])
-    images, table, strata = images[keep], table.iloc[keep].reset_index(drop=True), strata.iloc[keep].to_numpy()
-    table["split"] = datasets.stratified_split(strata, prep["val_fraction"], prep["test_fraction"], p["base"]["seed"])
-    manifest = datasets.write_prepared(args.out_dir, images, table)
+    loaded = datasets.DATASETS[prep["dataset"]](prep)
+    for bad in loaded.bad_files:
+        log.warning("skipped unreadable image %s: %s", bad["path"], bad["error"])
+    pixels, table = hash_and_split(loaded, prep, p["base"]["seed"])
+    counts = split_counts(table, loaded.classes)
+    empty = [f"{split}/{name}" for split in data.SPLITS for name in loaded.classes if not counts[f"{split}_{name}"]]
+    if empty:
+        raise ValueError(f"no image of {empty} (split/class); use more images (prepare.max_images) or other fractions")
 
-    counts = split_counts(manifest)
-    for split in data.SPLITS:
-        if counts.get(f"{split}_defect", 0) == 0:
-            raise ValueError(f"the {split} split has no defect image; use more images (prepare.max_images)")
-    write_json(args.metrics, counts)
+    manifest = datasets.write_prepared(args.out_dir, pixels, table)
+    meta = {"classes": loaded.classes, "task": loaded.task, "attributes": loaded.attributes}
+    write_json(Path(args.out_dir) / "classes.json", meta)
+    bad_paths = [bad["path"] for bad in loaded.bad_files]
+    found = {"duplicate_images": datasets.count_duplicates(manifest), "bad_images": len(bad_paths)}
+    write_json(args.metrics, {**counts, **found, "bad_image_files": bad_paths})
     log.info("%d images -> %s", len(manifest), {k: v for k, v in counts.items() if k.endswith("_images")})
-    log.info("defect share %.3f", float(np.mean(manifest["label"])))
+    log.info(
+        "class shares %s; %d exact duplicates kept together",
+        manifest["class_name"].value_counts(normalize=True).round(3).to_dict(),
+        found["duplicate_images"],
+    )
 
 
 if __name__ == "__main__":

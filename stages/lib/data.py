@@ -5,6 +5,7 @@ The prepared dataset is a folder of PNG images plus `manifest.csv`
 Everything downstream reads the manifest, so all models see the same split.
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,8 +16,18 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-CLASSES = ["good", "defect"]  # index 1 is the positive (defect) class everywhere
 SPLITS = ("train", "val", "test")
+
+
+def read_info(prepared_dir):
+    """classes.json written by prepare: classes, task ("binary" | "multiclass") and attributes.
+
+    Binary tasks have classes ["good", "defect"]: index 1 is the positive (defect) class.
+    """
+    path = Path(prepared_dir) / "classes.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first")
+    return json.loads(path.read_text())
 
 
 def read_manifest(prepared_dir):

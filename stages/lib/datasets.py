@@ -1,76 +1,326 @@
 """Dataset adapters and the one-time split, used only by the prepare stage.
 
-An adapter returns images (N, H, W[, C]) uint8 and a table with one row per image:
-`label` (0 good, 1 defect) plus any attribute the dataset has (kept for breakdowns).
+Every adapter is `load_<name>(prep) -> Loaded`, where `prep` is the `prepare` section of
+params.yaml; it reads a public data set in the layout its release ships (see LAYOUTS) and
+decodes every image with `images.read_image`. Unreadable files are skipped and listed
+(`prepare.on_bad_image: skip`) or stop the stage (`error`).
 """
 
-import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import train_test_split
+from tqdm import tqdm
 
+from stages.lib.images import IMAGE_SUFFIXES, ImageDecodeError, read_image
 from stages.lib.params import ParamError
 
+log = logging.getLogger(__name__)
 
-def load_elpv(defect_threshold):
-    """ELPV solar cells (PyPI `elpv-dataset`): 2,624 grayscale 300x300 EL images.
+BINARY = ["good", "defect"]  # index 1 is the positive (defect) class everywhere
+LAYOUTS = {
+    "elpv": "the PyPI package elpv-dataset, no root needed (https://github.com/zae-bayern/elpv-dataset)",
+    "mvtec_ad": "<root>/<category>/{train/good,test/<defect_type>}/*.png, or root = one category folder "
+    "(download: https://www.mvtec.com/company/research/datasets/mvtec-ad)",
+    "neu": "NEU-DET <root>/IMAGES/<class>_<n>.jpg (+ ANNOTATIONS/*.xml) or NEU-CLS <root>/{Cr,In,Pa,PS,RS,Sc}_<n>.bmp "
+    "(download: https://faculty.neu.edu.cn/songkechen/zh_CN/zdylm/263270/list/index.htm)",
+    "dagm2007": "<root>/Class<k>/{Train,Test}/*.PNG with <root>/Class<k>/{Train,Test}/Label/Labels.txt "
+    "(download: https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection)",
+    "folder": "<root>/<class>/*.{png,jpg,jpeg,bmp,tif,tiff,webp}, one folder per class "
+    "(prepare.good_class names the good one; null = multi-class)",
+}
+NEU_CLS_NAMES = {"Cr": "crazing", "In": "inclusion", "Pa": "patches", "PS": "pitted_surface",
+                 "RS": "rolled-in_scale", "Sc": "scratches"}  # fmt: skip
 
-    Returns images (N, H, W) uint8 and a table with label, defect_prob, cell_type.
-    """
+
+@dataclass
+class Loaded:
+    """One data set in memory, the same shape for every adapter."""
+
+    images: list[np.ndarray]  # uint8 (H, W) grayscale or (H, W, 3) RGB; sizes may differ between images
+    table: pd.DataFrame  # one row per image: label, class_name, source, then attribute columns
+    classes: list[str]  # binary: ["good", "defect"]; multi-class: sorted defect-type names
+    task: str  # "binary" or "multiclass"
+    attributes: list[str]  # table columns that metrics are broken down by
+    bad_files: list[dict] = field(default_factory=list)  # [{"path", "error"}] for skipped unreadable files
+
+
+def load_elpv(prep):
+    """ELPV solar cells (PyPI `elpv-dataset`): 2,624 grayscale 300x300 EL images, labelled by expert p(defect)."""
     try:
         from elpv_dataset.utils import load_dataset
     except ImportError as e:
-        raise ParamError("prepare.dataset='elpv' needs the package: pip install elpv-dataset") from e
+        raise ParamError(
+            f"prepare.dataset='elpv' needs the package: {LAYOUTS['elpv']}; pip install elpv-dataset"
+        ) from e
     images, probs, types = load_dataset()
+    label = (probs >= prep["defect_threshold"]).astype(int)
     table = pd.DataFrame(
         {
-            "label": (probs >= defect_threshold).astype(int),
-            "defect_prob": np.round(probs, 4),
+            "label": label,
+            "class_name": np.take(BINARY, label),
+            "source": [f"elpv:{i}" for i in range(len(label))],
             "cell_type": types,
+            "defect_prob": np.round(probs, 4),
         }
     )
-    return images, table
+    return Loaded(list(images), table, BINARY, "binary", ["cell_type"])
 
 
-DATASETS = {"elpv": load_elpv}
+def load_mvtec_ad(prep):
+    """MVTec AD: good (train/good + test/good) vs defect (test/<defect_type>); ground_truth masks are not read."""
+    root = _root(prep, "mvtec_ad")
+    if (root / "train" / "good").is_dir():
+        found = {root.name: root}
+    else:
+        found = {p.name: p for p in _subdirs(root) if (p / "train" / "good").is_dir()}
+    if not found:
+        raise _layout_error("mvtec_ad", root, "no <category>/train/good folder")
+    records = []
+    for category in _select(prep, found, root):
+        cat = found[category]
+        for good_dir in (cat / "train" / "good", cat / "test" / "good"):
+            records += [_record(p, root, "good", defect_type="good", category=category) for p in _image_files(good_dir)]
+        defect_dirs = [d for d in _subdirs(cat / "test") if d.name != "good"]
+        defects = [
+            _record(p, root, "defect", defect_type=d.name, category=category)
+            for d in defect_dirs
+            for p in _image_files(d)
+        ]
+        if not defects:
+            raise ValueError(
+                f"mvtec_ad category {category!r} has no defect images: expected {cat}/test/<defect_type>/*.png"
+            )
+        records += defects
+    return _decode("mvtec_ad", records, prep, BINARY, "binary", ["defect_type", "category"])
 
 
-def stratified_split(strata, val_fraction, test_fraction, seed):
+def load_neu(prep):
+    """NEU surface defects, six classes; the NEU-DET and NEU-CLS releases are told apart by their layout."""
+    root = _root(prep, "neu")
+    images_dir = next((d for d in _subdirs(root) if d.name.lower() == "images"), None)
+    records = []
+    if images_dir is not None:  # NEU-DET: IMAGES/rolled-in_scale_20.jpg -> rolled-in_scale
+        for p in _image_files(images_dir):
+            name = p.stem.rsplit("_", 1)[0]
+            if name not in NEU_CLS_NAMES.values():
+                raise _layout_error("neu", root, f"{p.name} in {images_dir} is not named <class>_<n>")
+            records.append(_record(p, root, name))
+    else:  # NEU-CLS: Cr_1.bmp -> crazing
+        for p in _image_files(root):
+            if p.stem.split("_")[0] in NEU_CLS_NAMES:
+                records.append(_record(p, root, NEU_CLS_NAMES[p.stem.split("_")[0]]))
+    if not records:
+        raise _layout_error("neu", root, "neither an IMAGES folder (NEU-DET) nor <abbrev>_<n>.bmp files (NEU-CLS)")
+    return _decode("neu", records, prep, sorted(NEU_CLS_NAMES.values()), "multiclass", [])
+
+
+def load_dagm2007(prep):
+    """DAGM 2007: ten synthetic textures, each with Train/Test images labelled defective or not in Labels.txt."""
+    root = _root(prep, "dagm2007")
+    found = {d.name: d for d in _subdirs(root) if re.fullmatch(r"Class\d+", d.name)}
+    if not found:
+        raise _layout_error("dagm2007", root, "no Class<k> folder")
+    records = []
+    for dagm_class in sorted(_select(prep, found, root), key=lambda name: int(name[5:])):
+        for part in ("Train", "Test"):
+            folder = found[dagm_class] / part
+            labels = folder / "Label" / "Labels.txt"
+            if not labels.is_file():
+                raise _layout_error("dagm2007", root, f"{labels} not found")
+            for name, defective in read_dagm_labels(labels):
+                records.append(_record(folder / name, root, BINARY[defective], dagm_class=dagm_class))
+    return _decode("dagm2007", records, prep, BINARY, "binary", ["dagm_class"])
+
+
+def read_dagm_labels(path):
+    """(image file name, 0 or 1) per line of a DAGM Labels.txt: `<id> <defective> <image> <0 or mask>`.
+
+    The first line is a count/header unless it already reads as an entry; blank lines are skipped.
+    """
+    entries = []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        fields = line.split()
+        if not fields or (i == 0 and (len(fields) < 3 or fields[1] not in ("0", "1"))):
+            continue
+        if len(fields) < 3 or fields[1] not in ("0", "1"):
+            raise ValueError(f"{path} line {i + 1}: {line!r}; expected '<id> <0|1> <image file> <0|mask file>'")
+        entries.append((fields[2], int(fields[1])))
+    return entries
+
+
+def load_folder(prep):
+    """One sub-folder per class; binary when prepare.good_class names the good folder, else multi-class."""
+    root = _root(prep, "folder")
+    files = {d.name: _image_files(d) for d in _subdirs(root)}
+    if not files:
+        raise _layout_error("folder", root, "no class folder")
+    empty = [str(root / name) for name, paths in files.items() if not paths]
+    if empty:
+        raise ValueError(f"class folder(s) {empty} hold no images; folder expects {LAYOUTS['folder']}")
+    good = prep.get("good_class")
+    if good is None:
+        records = [_record(p, root, name) for name, paths in files.items() for p in paths]
+        return _decode("folder", records, prep, sorted(files), "multiclass", [])
+    if good not in files or len(files) < 2:
+        raise ParamError(
+            f"prepare.good_class={good!r} needs a folder of that name and at least one defect folder "
+            f"under prepare.root={str(root)!r}; folders found: {sorted(files)}"
+        )
+    records = [
+        _record(p, root, "good" if name == good else "defect", defect_type=name)
+        for name, paths in files.items()
+        for p in paths
+    ]
+    return _decode("folder", records, prep, BINARY, "binary", ["defect_type"])
+
+
+DATASETS = {
+    "elpv": load_elpv,
+    "mvtec_ad": load_mvtec_ad,
+    "neu": load_neu,
+    "dagm2007": load_dagm2007,
+    "folder": load_folder,
+}
+
+
+def _root(prep, name):
+    if prep.get("root") is None:
+        raise ParamError(f"prepare.root is not set; prepare.dataset={name!r} reads a folder: {LAYOUTS[name]}")
+    root = Path(prep["root"]).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"prepare.root={prep['root']!r} does not exist; {name} expects {LAYOUTS[name]}")
+    return root
+
+
+def _layout_error(name, root, problem):
+    entries = sorted(p.name + "/" * p.is_dir() for p in root.iterdir())
+    shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
+    return ValueError(
+        f"prepare.root={str(root)!r} does not look like {name}: {problem}. "
+        f"Expected {LAYOUTS[name]}. Found at root: {shown or 'nothing'}"
+    )
+
+
+def _select(prep, found, root):
+    """The categories asked for in prepare.categories (null = all found), checked against those found."""
+    wanted = prep.get("categories") or sorted(found)
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        raise ParamError(
+            f"prepare.categories: {missing} not found under prepare.root={str(root)!r}; found: {sorted(found)}"
+        )
+    return wanted
+
+
+def _subdirs(folder):
+    folder = Path(folder)
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
+
+
+def _image_files(folder):
+    """Image files directly in `folder` (any common suffix, any case), sorted by name; hidden files skipped."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return sorted(p for p in files if p.is_file())
+
+
+def _record(path, root, class_name, **attributes):
+    return {"path": path, "class_name": class_name, "source": path.relative_to(root).as_posix(), **attributes}
+
+
+def _decode(name, records, prep, classes, task, attributes):
+    """Read every record's image into a Loaded; unreadable files are skipped and listed, or raise."""
+    images, kept, bad = [], [], []
+    for rec in tqdm(records, desc=f"decode {name}", unit="img", mininterval=5, disable=len(records) < 500):
+        try:
+            images.append(read_image(rec["path"], prep.get("max_side")))
+        except ImageDecodeError as e:
+            if prep.get("on_bad_image", "skip") == "error":
+                raise
+            bad.append({"path": rec["source"], "error": e.reason})
+            continue
+        kept.append(rec)
+    table = pd.DataFrame(kept, columns=["class_name", "source", *attributes])
+    table.insert(0, "label", table["class_name"].map(classes.index).astype(int))
+    missing = [c for c in classes if c not in set(table["class_name"])]
+    if missing:
+        raise ValueError(
+            f"{name}: no readable image of class(es) {missing} under prepare.root={prep.get('root')!r}; "
+            f"expected {LAYOUTS[name]}"
+        )
+    log.info("%s: %d images, %d unreadable skipped", name, len(table), len(bad))
+    return Loaded(images, table, list(classes), task, list(attributes), bad)
+
+
+def stratified_split(strata, val_fraction, test_fraction, seed, hashes=None):
     """Assign each row to train/val/test, stratified by `strata` (one key per row).
 
-    A pure function of the keys and the seed, so the split never moves unless the data does.
+    Exact duplicates (rows with equal `hashes`) always land in the same split: the unique hashes are
+    split, each stratified by the stratum of its first row, and every copy follows its first row.
+    A pure function of the keys, the hashes and the seed, so the split never moves unless the data does.
     """
-    idx = np.arange(len(strata))
-    strata = np.asarray(strata)
-    rest, test = train_test_split(idx, test_size=test_fraction, stratify=strata, random_state=seed)
-    val_of_rest = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=strata[rest], random_state=seed)
-    split = np.empty(len(strata), dtype=object)
-    split[train], split[val], split[test] = "train", "val", "test"
-    return split
+    strata = np.asarray(strata).astype(str)
+    group = np.arange(len(strata)) if hashes is None else pd.factorize(np.asarray(hashes))[0]
+    first_rows = np.unique(group, return_index=True)[1]
+    unit_strata = strata[first_rows]
+    keys, sizes = np.unique(unit_strata, return_counts=True)
+    n_test = _quota(sizes, test_fraction)
+    n_val = np.minimum(_quota(sizes, val_fraction), sizes - n_test)
+    rng = np.random.default_rng(seed)
+    unit_split = np.full(len(unit_strata), "train", dtype=object)
+    for key, t, v in zip(keys, n_test, n_val, strict=True):
+        units = rng.permutation(np.flatnonzero(unit_strata == key))
+        unit_split[units[:t]], unit_split[units[t : t + v]] = "test", "val"
+    return unit_split[group]
 
 
 def subsample(strata, max_images, seed):
-    """Indices of a stratified subset of at most `max_images` rows (all rows when 0)."""
+    """Indices of a stratified subset of `max_images` rows (all rows when 0), in their original order."""
+    strata = np.asarray(strata).astype(str)
     if not max_images or max_images >= len(strata):
         return np.arange(len(strata))
-    keep, _ = train_test_split(np.arange(len(strata)), train_size=max_images, stratify=strata, random_state=seed)
-    return np.sort(keep)
+    keys, sizes = np.unique(strata, return_counts=True)
+    rng = np.random.default_rng(seed)
+    keep = [
+        rng.permutation(np.flatnonzero(strata == k))[:n]
+        for k, n in zip(keys, _quota(sizes, max_images / len(strata)), strict=True)
+    ]
+    return np.sort(np.concatenate(keep))
+
+
+def _quota(sizes, fraction):
+    """Per-stratum counts summing to round(fraction * total): floors, then one more for the largest remainders."""
+    exact = np.asarray(sizes) * fraction
+    counts = np.floor(exact).astype(int)
+    extra = int(np.floor(exact.sum() + 0.5)) - counts.sum()
+    counts[np.argsort(counts - exact, kind="stable")[:extra]] += 1
+    return counts
+
+
+def find_duplicates(table):
+    """Groups of row indices with the same `sha256` (identical pixels) that landed in different splits."""
+    copies = table[table.duplicated("sha256", keep=False)]
+    return [rows.index.tolist() for _, rows in copies.groupby("sha256") if rows["split"].nunique() > 1]
+
+
+def count_duplicates(table):
+    """Images that repeat an earlier image exactly (rows minus unique pixel hashes)."""
+    return int(len(table) - table["sha256"].nunique())
 
 
 def write_prepared(out_dir, images, table):
-    """Write images as lossless PNG and the manifest (with a sha256 per image)."""
+    """Write images as lossless PNG and the manifest (the table plus each image's path)."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    paths, hashes = [], []
+    paths = []
     for i, img in enumerate(images):
         rel = f"images/{i:05d}.png"
         Image.fromarray(img).save(out_dir / rel)
         paths.append(rel)
-        hashes.append(hashlib.sha256(img.tobytes()).hexdigest())
-    manifest = table.assign(path=paths, sha256=hashes)
+    manifest = table.assign(path=paths)
     manifest.to_csv(out_dir / "manifest.csv", index=False)
     return manifest

@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, f1_score, recall_score, roc_auc_score, roc_curve
 
 
 def choose_threshold(scores, labels, target_recall):
@@ -68,3 +69,132 @@ def pr_points(scores, labels):
     recall = tp[last] / max(1, tp[-1])
     precision = tp[last] / (tp[last] + fp[last])
     return pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)})
+
+
+def average_precision(scores, labels):
+    return round(float(average_precision_score(labels, scores)), 4)
+
+
+def recall_at_fpr(scores, labels, max_fpr):
+    """Best defect recall among thresholds whose false-alarm rate stays <= max_fpr."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return round(float(tpr[fpr <= max_fpr + 1e-12].max()), 4)
+
+
+def multiclass_metrics(probs, labels, classes):
+    """Argmax decision: accuracy, macro recall/F1, macro one-vs-rest AUROC, per-class recall."""
+    labels = np.asarray(labels)
+    pred = probs.argmax(1)
+    recall = recall_score(labels, pred, labels=range(len(classes)), average=None, zero_division=0)
+    present = np.unique(labels)
+    auroc = (
+        roc_auc_score(labels, probs, multi_class="ovr", labels=range(len(classes)))
+        if len(present) == len(classes)
+        else float("nan")
+    )
+    return {
+        "accuracy": round(float(np.mean(pred == labels)), 4),
+        "macro_recall": round(float(np.mean(recall)), 4),
+        "macro_f1": round(
+            float(f1_score(labels, pred, labels=range(len(classes)), average="macro", zero_division=0)), 4
+        ),
+        "macro_auroc": round(float(auroc), 4),
+        "per_class_recall": {c: round(float(r), 4) for c, r in zip(classes, recall, strict=True)},
+        "n_images": len(labels),
+    }
+
+
+# --- Bootstrap: resample test images with replacement, recompute, take the 2.5/97.5 percentiles ---
+
+BINARY_CI = ("recall", "precision", "f1", "auroc")
+MULTICLASS_CI = ("macro_recall", "accuracy", "macro_f1")
+
+
+def _draws(labels, pred, score, idx, names, num_classes):
+    """Each metric in `names` on every resample (rows of idx): arrays of shape (draws,)."""
+    y, p = labels[idx], pred[idx]
+    out = {}
+    if "recall" in names or "precision" in names or "f1" in names:
+        tp = ((p == 1) & (y == 1)).sum(1)
+        fp = ((p == 1) & (y == 0)).sum(1)
+        fn = ((p == 0) & (y == 1)).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["recall"] = tp / (tp + fn)
+            out["precision"] = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            out["f1"] = 2 * tp / (2 * tp + fp + fn)
+    if "auroc" in names:
+        ranks = rankdata(score[idx], axis=1)  # ties get their average rank, as in sklearn
+        npos = y.sum(1)
+        nneg = y.shape[1] - npos
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["auroc"] = ((ranks * y).sum(1) - npos * (npos + 1) / 2) / (npos * nneg)
+    if "accuracy" in names:
+        out["accuracy"] = (p == y).mean(1)
+    if "macro_recall" in names or "macro_f1" in names:
+        recalls, f1s = [], []
+        for c in range(num_classes):
+            tp = ((p == c) & (y == c)).sum(1)
+            support, predicted = (y == c).sum(1), (p == c).sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recalls.append(tp / support)
+                f1s.append(np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0))
+        out["macro_recall"] = np.nanmean(np.stack(recalls), 0)
+        out["macro_f1"] = np.mean(np.stack(f1s), 0)
+    return {k: out[k] for k in names}
+
+
+def resample_index(n, draws, seed):
+    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
+
+
+def bootstrap_ci(labels, pred, score, names, draws, seed, num_classes=2):
+    """95 % percentile intervals: {metric: [low, high]}. Draws where a metric is undefined are dropped."""
+    idx = resample_index(len(labels), draws, seed)
+    values = _draws(np.asarray(labels), np.asarray(pred), np.asarray(score), idx, names, num_classes)
+    return {k: _interval(v) for k, v in values.items()}
+
+
+def paired_delta_ci(a, b, labels, names, draws, seed, num_classes=2):
+    """Interval for metric(a) - metric(b) on the same resampled images (a, b: dicts with pred, score).
+
+    Pairing removes the shared image-sampling noise, so a small but consistent change is
+    visible even when the two models' own intervals overlap.
+    """
+    labels = np.asarray(labels)
+    idx = resample_index(len(labels), draws, seed)
+    va = _draws(labels, np.asarray(a["pred"]), np.asarray(a["score"]), idx, names, num_classes)
+    vb = _draws(labels, np.asarray(b["pred"]), np.asarray(b["score"]), idx, names, num_classes)
+    return {k: _interval(va[k] - vb[k]) for k in names}
+
+
+def _interval(values):
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    return [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)]
+
+
+def breakdown(table, attributes, labels, pred, task):
+    """The primary metric for every value of every attribute (e.g. defect_type, cell_type).
+
+    Binary: recall over the defects with that value (false-alarm rate for values with only good
+    images, such as defect_type=good). Multi-class: accuracy.
+    """
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    out = {}
+    for attr in attributes:
+        values = table[attr].astype(str).to_numpy()
+        out[attr] = {}
+        for value in sorted(set(values)):
+            m = values == value
+            entry = {"n": int(m.sum())}
+            if task == "binary":
+                pos, neg = m & (labels == 1), m & (labels == 0)
+                if pos.any():
+                    entry["recall"] = round(float(np.mean(pred[pos] == 1)), 4)
+                if neg.any():
+                    entry["fpr"] = round(float(np.mean(pred[neg] == 1)), 4)
+            else:
+                entry["accuracy"] = round(float(np.mean(pred[m] == labels[m])), 4)
+            out[attr][value] = entry
+    return out

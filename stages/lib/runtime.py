@@ -65,15 +65,14 @@ def gpu_available(runtime):
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def defect_probability(logits):
-    """Softmax probability of class 1 (defect), computed stably in float64."""
+def softmax(logits):
+    """Class probabilities, computed stably in float64."""
     z = logits.astype(np.float64)
     z -= z.max(1, keepdims=True)
     p = np.exp(z)
-    return (p[:, 1] / p.sum(1)).astype(np.float32)
+    return p / p.sum(1, keepdims=True)
 
 
 def predict(runner, x_float, batch_size=64):
-    return np.concatenate(
-        [defect_probability(runner(x_float[i : i + batch_size])) for i in range(0, len(x_float), batch_size)]
-    )
+    """Class probabilities (N, num_classes) for float images in [0, 1]."""
+    return np.concatenate([softmax(runner(x_float[i : i + batch_size])) for i in range(0, len(x_float), batch_size)])

@@ -47,16 +47,23 @@ def kd_loss(student_logits, teacher_logits, targets, temperature, alpha):
     return alpha * t * t * soft + (1.0 - alpha) * hard
 
 
+def auroc(labels, probs):
+    """Binary: AUROC of the defect probability; multi-class: macro one-vs-rest AUROC."""
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", labels=range(probs.shape[1])))
+
+
 @torch.inference_mode()
 def predict(model, x_uint8, batch_size=64, channels_last=False, device="cpu"):
-    """Defect probability (softmax of class 1) for every image, in order."""
+    """Class probabilities (N, num_classes) for every image, in order."""
     model.eval()
     probs = []
     for xb, _ in data.batches(x_uint8, torch.zeros(len(x_uint8)), batch_size):
         xb = data.to_float(xb.to(device))
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        probs.append(model(xb).softmax(1)[:, 1].float().cpu())
+        probs.append(model(xb).softmax(1).float().cpu())
     return torch.cat(probs).numpy()
 
 
@@ -97,8 +104,8 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             val_prob = predict(model, x_val, channels_last=channels_last, device=device)
-            val_auroc = float(roc_auc_score(y_val.numpy(), val_prob))
-            val_loss = float(F.binary_cross_entropy(torch.from_numpy(val_prob).clamp(1e-6, 1 - 1e-6), y_val.float()))
+            val_auroc = auroc(y_val.numpy(), val_prob)
+            val_loss = float(F.nll_loss(torch.from_numpy(val_prob).clamp_min(1e-7).log(), y_val))
             live.log_metric("train/loss", float(np.mean(losses)))
             live.log_metric("val/loss", val_loss)
             live.log_metric("val/auroc", val_auroc)
@@ -121,9 +128,10 @@ def run(stage, params, data_dir, out_dir, live_dir, metrics_path, model_name, we
     train_xy = data.load_split(data_dir, "train", size)
     val_xy = data.load_split(data_dir, "val", size)
     log.info("%s: %d train / %d val images at %dx%d", stage, len(train_xy[0]), len(val_xy[0]), size, size)
-    model = models.pretrained(model_name, weights, num_classes=len(data.CLASSES))
+    classes = data.read_info(data_dir)["classes"]
+    model = models.pretrained(model_name, weights, num_classes=len(classes))
     start = time.perf_counter()
     model, best = fit(model, train_xy, val_xy, params["train"], live_dir, base, teacher, kd)
     minutes = (time.perf_counter() - start) / 60
-    card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, data.CLASSES), **best})
+    card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, classes), **best})
     write_json(metrics_path, {**best, "param_count": card["param_count"], "train_minutes": round(minutes, 2)})
