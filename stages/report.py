@@ -56,7 +56,8 @@ def build_table(evaluated, benchmarked, reference, predictions=None, draws=1000,
         for k, (lo, hi) in ((k[: -len("_ci95")], ev[k]) for k in ev if k.endswith("_ci95")):
             row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
         rows[v] = row
-    table = pd.DataFrame.from_dict(rows, orient="index")
+    order = [reference, *sorted(v for v in rows if v != reference)]  # the baseline first
+    table = pd.DataFrame.from_dict(rows, orient="index").loc[order]
     ref = table.loc[reference]
     ci_names = metrics.BINARY_CI if task == "binary" else metrics.MULTICLASS_CI
     for name in ci_names:

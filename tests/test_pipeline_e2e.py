@@ -15,9 +15,11 @@ import sys
 import pytest
 import yaml
 
+from tests.conftest import ROOT
+
 TINY = {
     "base": {"image_size": 64},
-    "prepare": {"max_images": 60},
+    "prepare": {"max_images": 80},
     "train": {"epochs": 1, "batch_size": 16},
     "prune": {"epochs": 1},
     "quantize": {"calibration_images": 8},
@@ -49,20 +51,23 @@ def set_params(repo, overrides):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    from tests.conftest import ROOT
-
-    repo = tmp_path_factory.mktemp("repo")
+def copy_repo(dest, overrides):
+    """The pipeline's tracked files in a fresh git + DVC repo at `dest`, with params overridden."""
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages"):
         src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
-    (repo / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
-    set_params(repo, TINY)
-    sh(["git", "init", "-q"], repo)
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], repo)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    (dest / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    set_params(dest, overrides)
+    sh(["git", "init", "-q"], dest)
+    sh(["git", "add", "-A"], dest)
+    sh(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("repo"), TINY)
     first = dvc("repro", cwd=repo)
     return repo, first.stdout
 
@@ -81,11 +86,14 @@ def test_every_stage_runs_and_writes_its_metrics(repo):
     prune = json.loads((repo / "metrics/prune.json").read_text())
     assert prune["params_after_m"] < prune["params_before_m"]
     ev = json.loads((repo / "metrics/evaluate/student_kd_int8.json").read_text())
-    assert {"recall", "fnr", "precision", "f1", "accuracy", "auroc", "threshold"} <= set(ev)
+    assert {"recall", "fnr", "precision", "f1", "accuracy", "auroc", "ap", "threshold", "recall_at_fpr_5pct"} <= set(ev)
+    assert {"recall_ci95", "precision_ci95", "f1_ci95", "auroc_ci95"} <= set(ev) and "cell_type" in ev["by"]
+    assert (repo / "artifacts/predictions/student_kd_int8.csv").exists()
     bench = json.loads((repo / "metrics/benchmark/student_kd_int8.json").read_text())
     assert bench["latency_ms_p50"] > 0 and bench["size_mb"] > 0 and bench["peak_rss_mb"] > 0
     report = json.loads((repo / "metrics/report.json").read_text())
     assert set(report) == set(variants) and report["teacher_fp32"]["speedup_x"] == 1.0
+    assert report["teacher_fp32"]["recall_delta_pt_ci_low"] == 0  # paired with itself
     for f in ("comparison.csv", "comparison.md", "pareto.png"):
         assert (repo / "plots/report" / f).stat().st_size > 0
     assert (repo / "plots/train/student_kd/plots/metrics/val/auroc.tsv").exists()
