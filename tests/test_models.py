@@ -52,3 +52,22 @@ def test_save_load_round_trip(tmp_path):
 def test_classifier_normalises_inside():
     model = models.build("tf_efficientnet_lite0", 2).eval()
     assert np.allclose(model.mean.flatten().numpy(), 0.5) and np.allclose(model.std.flatten().numpy(), 0.5)
+
+
+def test_local_safetensors_weights_load_strictly():
+    """weights=<path>: a local timm-keyed file, here the ViT-Tiny in ../shared/weights."""
+    from tests.conftest import SHARED
+
+    path = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
+    if not path.exists():
+        pytest.skip(f"{path} not found: ../shared/weights holds the offline ViT-Tiny checkpoint")
+    models.check_spec("finetune_teacher", "vit_tiny_patch16_224", str(path))
+    model = models.pretrained("vit_tiny_patch16_224", str(path), num_classes=1000).eval()
+    x = torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
+    with torch.inference_mode():
+        top3 = model(x).softmax(1)[0].topk(3).indices.tolist()
+    names = {ImageNetInfo().index_to_description(i) for i in top3}
+    assert {"palace", "monastery", "bell cote, bell cot"} & names, names
+    two = models.pretrained("vit_tiny_patch16_224", str(path), num_classes=2)
+    assert two.net.get_classifier().out_features == 2
