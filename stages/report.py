@@ -100,7 +100,10 @@ def markdown(table):
         show[f"Δ{p} pt [paired 95% CI]"] = with_ci(f"{p}_delta_pt", digits=1)
     for extra in ("precision", "f1", "auroc", "accuracy", "macro_f1", "macro_auroc"):
         if extra in table:
-            show[extra] = with_ci(extra) if f"{extra}_ci_low" in table else table[extra].map(lambda v: f"{v:.3f}")
+            if f"{extra}_ci_low" in table:
+                show[f"{extra} [95% CI]"] = with_ci(extra)
+            else:
+                show[extra] = table[extra].map(lambda v: f"{v:.3f}")
     show["latency ms (p50)"] = table["latency_ms_p50"].map(lambda v: f"{v:.2f}")
     show["speed-up"] = table["speedup_x"].map(lambda v: f"{v:.2f}x")
     show["throughput img/s"] = table["throughput_img_s"].map(lambda v: f"{v:.0f}")
