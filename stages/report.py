@@ -17,6 +17,7 @@ from stages.lib.outputs import write_json
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 log = logging.getLogger("report")
 
@@ -141,6 +142,9 @@ def plot(table, path):
         pts = table.loc[front].sort_values(cost)
         ax.step(pts[cost], pts[q], where="post", color="C3", alpha=0.5, label="Pareto front")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # ticks 1, 2, 5, 10, ... labelled plainly
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label + ", log scale")
         ax.set_ylabel(f"test {q}")
         ax.grid(alpha=0.3, which="both")
