@@ -28,9 +28,7 @@ def main():
     models.check_spec("train_student", student["model"], student["weights"])
     params.setup(p["base"])
 
-    teacher, card = models.load(args.teacher)
-    for param in teacher.parameters():
-        param.requires_grad_(False)
+    teacher, card = training.frozen_teacher(args.teacher)
     log.info("teacher %s (val_auroc %.4f) frozen; T=%s alpha=%s", card["arch"], card["val_auroc"],
              p["distill"]["temperature"], p["distill"]["alpha"])  # fmt: skip
     training.run("distill", p, args.data_dir, args.out_dir, args.live_dir, args.metrics,

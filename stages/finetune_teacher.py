@@ -1,29 +1,16 @@
 """finetune_teacher: fine-tune the pretrained teacher on the train split, keep its best val epoch.
 
-python -m stages.finetune_teacher data/prepared artifacts/teacher plots/train/teacher metrics/finetune_teacher.json
+    python -m stages.finetune_teacher data/prepared artifacts/teacher plots/train/teacher metrics/finetune_teacher.json
+
+Arguments, checks and the recipe are shared with train_student (training.supervised_main);
+the model comes from the `finetune_teacher` section of params.yaml.
 """
 
-import argparse
-
-from stages.lib import models, params, training
+from stages.lib import training
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir")
-    parser.add_argument("out_dir", help="folder for model.pt and card.json")
-    parser.add_argument("live_dir", help="dvclive folder for per-epoch curves")
-    parser.add_argument("metrics")
-    args = parser.parse_args()
-    p = params.load()
-    params.check_base(p["base"])
-    training.check_recipe(p["train"])
-    sec = p["finetune_teacher"]
-    models.check_spec("finetune_teacher", sec["model"], sec["weights"])
-    params.setup(p["base"])
-    training.run(
-        "finetune_teacher", p, args.data_dir, args.out_dir, args.live_dir, args.metrics, sec["model"], sec["weights"]
-    )
+    training.supervised_main("finetune_teacher", __doc__)
 
 
 if __name__ == "__main__":

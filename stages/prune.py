@@ -40,9 +40,7 @@ def main():
     size = p["base"]["image_size"]
 
     student, card = models.load(args.student)
-    teacher, _ = models.load(args.teacher)
-    for param in teacher.parameters():
-        param.requires_grad_(False)
+    teacher, _ = training.frozen_teacher(args.teacher)
     student, stats = pruning.prune_channels(student, sec["ratio"], size, sec["round_to"])
 
     # Recover accuracy with the distillation loss, a lower LR and fewer epochs than training.

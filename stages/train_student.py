@@ -1,29 +1,16 @@
 """train_student: the student with the teacher's recipe and no teacher - the baseline for KD.
 
-python -m stages.train_student data/prepared artifacts/student plots/train/student metrics/train_student.json
+    python -m stages.train_student data/prepared artifacts/student plots/train/student metrics/train_student.json
+
+Arguments, checks and the recipe are shared with finetune_teacher (training.supervised_main);
+the model comes from the `train_student` section of params.yaml.
 """
 
-import argparse
-
-from stages.lib import models, params, training
+from stages.lib import training
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir")
-    parser.add_argument("out_dir", help="folder for model.pt and card.json")
-    parser.add_argument("live_dir", help="dvclive folder for per-epoch curves")
-    parser.add_argument("metrics")
-    args = parser.parse_args()
-    p = params.load()
-    params.check_base(p["base"])
-    training.check_recipe(p["train"])
-    sec = p["train_student"]
-    models.check_spec("train_student", sec["model"], sec["weights"])
-    params.setup(p["base"])
-    training.run(
-        "train_student", p, args.data_dir, args.out_dir, args.live_dir, args.metrics, sec["model"], sec["weights"]
-    )
+    training.supervised_main("train_student", __doc__)
 
 
 if __name__ == "__main__":

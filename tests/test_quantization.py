@@ -15,7 +15,7 @@ def crops(n, size, seed):
         img = photos[rng.integers(len(photos))]
         s = int(rng.integers(size, min(img.shape[:2])))
         y, x = rng.integers(0, img.shape[0] - s), rng.integers(0, img.shape[1] - s)
-        t = torch.from_numpy(img[y : y + s, x : x + s]).permute(2, 0, 1)[None].float() / 255
+        t = torch.from_numpy(img[y : y + s, x : x + s].copy()).permute(2, 0, 1)[None].float() / 255
         out.append(torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True))
     return torch.cat(out).clamp(0, 1).numpy()
 

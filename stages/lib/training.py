@@ -4,6 +4,7 @@ With a `teacher`, the loss is knowledge distillation (Hinton et al. 2015):
     alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y)
 """
 
+import argparse
 import copy
 import logging
 import time
@@ -15,24 +16,23 @@ from dvclive import Live
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from stages.lib import data, models
+from stages.lib import data, models, params
 from stages.lib.outputs import write_json
-from stages.lib.params import check_int, check_range
 
 log = logging.getLogger(__name__)
 
 
 def check_recipe(train):
-    check_int("train.epochs", train["epochs"], 1)
-    check_int("train.batch_size", train["batch_size"], 1)
-    check_range("train.lr", train["lr"], 0, 1, lo_inclusive=False)
-    check_range("train.weight_decay", train["weight_decay"], 0, 1)
+    params.check_int("train.epochs", train["epochs"], 1)
+    params.check_int("train.batch_size", train["batch_size"], 1)
+    params.check_range("train.lr", train["lr"], 0, 1, lo_inclusive=False)
+    params.check_range("train.weight_decay", train["weight_decay"], 0, 1)
     return train
 
 
-def check_kd(section, params):
-    check_range(f"{section}.temperature", params["temperature"], 0, 100, lo_inclusive=False)
-    check_range(f"{section}.alpha", params["alpha"], 0, 1)
+def check_kd(section, kd):
+    params.check_range(f"{section}.temperature", kd["temperature"], 0, 100, lo_inclusive=False)
+    params.check_range(f"{section}.alpha", kd["alpha"], 0, 1)
 
 
 def kd_loss(student_logits, teacher_logits, targets, temperature, alpha):
@@ -79,7 +79,7 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
     steps = recipe["epochs"] * -(-len(x_train) // recipe["batch_size"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(base["seed"])
-    best = {"auroc": -1.0}
+    best = {"key": (-1.0, 0.0)}
     with Live(live_dir, save_dvc_exp=False, dvcyaml=None) as live:
         for epoch in range(recipe["epochs"]):
             model.train()
@@ -113,17 +113,44 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
             live.next_step()
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f", epoch + 1, recipe["epochs"],
                      np.mean(losses), val_loss, val_auroc)  # fmt: skip
-            if val_auroc > best["auroc"]:
-                best = {"auroc": val_auroc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            # Best epoch: highest val AUROC; ties (AUROC saturates at 1.0 on easy data) go to lower val loss.
+            if (val_auroc, -val_loss) > best["key"]:
+                best = {"key": (val_auroc, -val_loss), "auroc": val_auroc, "epoch": epoch + 1,
+                        "state": copy.deepcopy(model.state_dict())}  # fmt: skip
     model.load_state_dict(best["state"])
     model.to("cpu", memory_format=torch.contiguous_format)
     log.info("best epoch %d (val_auroc %.4f)", best["epoch"], best["auroc"])
     return model.eval(), {"best_epoch": best["epoch"], "val_auroc": round(best["auroc"], 4)}
 
 
-def run(stage, params, data_dir, out_dir, live_dir, metrics_path, model_name, weights, teacher=None, kd=None):
+def frozen_teacher(path):
+    """The fine-tuned teacher in eval mode with gradients off: KD only reads its logits."""
+    teacher, card = models.load(path)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher, card
+
+
+def supervised_main(stage, doc):
+    """main() of finetune_teacher and train_student: same arguments and recipe, their own model section."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir")
+    parser.add_argument("out_dir", help="folder for model.pt and card.json")
+    parser.add_argument("live_dir", help="dvclive folder for per-epoch curves")
+    parser.add_argument("metrics")
+    args = parser.parse_args()
+    p = params.load()
+    params.check_base(p["base"])
+    check_recipe(p["train"])
+    sec = p[stage]
+    models.check_spec(stage, sec["model"], sec["weights"])
+    params.setup(p["base"])
+    run(stage, p, args.data_dir, args.out_dir, args.live_dir, args.metrics, sec["model"], sec["weights"])
+
+
+def run(stage, p, data_dir, out_dir, live_dir, metrics_path, model_name, weights, teacher=None, kd=None):
     """The body shared by finetune_teacher, train_student and distill: data -> fit -> save."""
-    base = params["base"]
+    base = p["base"]
     size = base["image_size"]
     train_xy = data.load_split(data_dir, "train", size)
     val_xy = data.load_split(data_dir, "val", size)
@@ -131,7 +158,7 @@ def run(stage, params, data_dir, out_dir, live_dir, metrics_path, model_name, we
     classes = data.read_info(data_dir)["classes"]
     model = models.pretrained(model_name, weights, num_classes=len(classes))
     start = time.perf_counter()
-    model, best = fit(model, train_xy, val_xy, params["train"], live_dir, base, teacher, kd)
+    model, best = fit(model, train_xy, val_xy, p["train"], live_dir, base, teacher, kd)
     minutes = (time.perf_counter() - start) / 60
     card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, classes), **best})
     write_json(metrics_path, {**best, "param_count": card["param_count"], "train_minutes": round(minutes, 2)})
