@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import pandas as pd
 
 from stages.lib import metrics, params
@@ -73,10 +72,10 @@ def build_table(evaluated, benchmarked, reference, predictions=None, draws=1000,
                 predictions[v], predictions[reference], labels, ci_names, draws, seed, num_classes
             )
             for name, (lo, hi) in ci.items():
-                table[f"{name}_delta_pt_ci_low"] = table.get(f"{name}_delta_pt_ci_low", np.nan)
-                table[f"{name}_delta_pt_ci_high"] = table.get(f"{name}_delta_pt_ci_high", np.nan)
-                table.loc[v, f"{name}_delta_pt_ci_low"] = round(lo * 100, 2)
-                table.loc[v, f"{name}_delta_pt_ci_high"] = round(hi * 100, 2)
+                table.loc[v, [f"{name}_delta_pt_ci_low", f"{name}_delta_pt_ci_high"]] = [
+                    round(lo * 100, 2),
+                    round(hi * 100, 2),
+                ]
     table["speedup_x"] = (ref["latency_ms_p50"] / table["latency_ms_p50"]).round(2)
     table["size_ratio"] = (table["size_mb"] / ref["size_mb"]).round(3)
     table.index.name = "variant"

@@ -131,10 +131,16 @@ def frozen_teacher(path):
     return teacher, card
 
 
-def supervised_main(stage, doc):
-    """main() of finetune_teacher and train_student: same arguments and recipe, their own model section."""
+def supervised_main(stage, doc, model_section=None, distill=False):
+    """main() of finetune_teacher, train_student and distill: one CLI, one recipe.
+
+    The model comes from params[`model_section`] (default: the stage's own section). With
+    `distill`, a positional `teacher` model.pt follows data_dir and the loss is KD (params[stage]).
+    """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir")
+    if distill:
+        parser.add_argument("teacher", help="model.pt of the fine-tuned teacher")
     parser.add_argument("out_dir", help="folder for model.pt and card.json")
     parser.add_argument("live_dir", help="dvclive folder for per-epoch curves")
     parser.add_argument("metrics")
@@ -142,10 +148,20 @@ def supervised_main(stage, doc):
     p = params.load()
     params.check_base(p["base"])
     check_recipe(p["train"])
-    sec = p[stage]
-    models.check_spec(stage, sec["model"], sec["weights"])
+    model_section = model_section or stage
+    spec = p[model_section]
+    models.check_spec(model_section, spec["model"], spec["weights"])
+    if distill:
+        check_kd(stage, p[stage])
     params.setup(p["base"])
-    run(stage, p, args.data_dir, args.out_dir, args.live_dir, args.metrics, sec["model"], sec["weights"])
+
+    teacher = kd = None
+    if distill:
+        teacher, card = frozen_teacher(args.teacher)
+        kd = p[stage]
+        log.info("teacher %s (val_auroc %.4f) frozen; T=%s alpha=%s", card["arch"], card["val_auroc"],
+                 kd["temperature"], kd["alpha"])  # fmt: skip
+    run(stage, p, args.data_dir, args.out_dir, args.live_dir, args.metrics, spec["model"], spec["weights"], teacher, kd)
 
 
 def run(stage, p, data_dir, out_dir, live_dir, metrics_path, model_name, weights, teacher=None, kd=None):
