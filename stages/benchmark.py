@@ -1,22 +1,28 @@
-"""benchmark: latency, throughput, size and peak memory of one variant in its own runtime.
+"""benchmark: every variant measured side by side in one run - latency, throughput, size, peak memory.
 
-    python -m stages.benchmark student_kd_int8 onnxruntime artifacts/quantize/student_kd/int8.onnx \
-        metrics/benchmark/student_kd_int8.json
+    python -m stages.benchmark metrics/fingerprint.json metrics/benchmark.json plots/benchmark/rounds.csv \
+        --teacher_fp32.model artifacts/teacher/model.pt --teacher_fp32.runtime torch ...
 
-Warm up, then time (as timm's benchmark does). CPU always; GPU too when the runtime sees one.
-Peak memory is this process's peak RSS; torch is not imported for ONNX Runtime variants.
+`benchmark.rounds` rounds; in each, every variant runs once in its own fresh process
+(`stages.lib.timing`), in a seeded shuffled order, after warm-up: batch-1 latency p50/p90/p99
+and batch-N throughput at 1 thread and at `base.threads`. Per variant this writes the median
+over rounds, the coefficient of variation and a 95 % interval; the per-round rows go to a CSV
+so the report can compute paired speed-ups (both variants measured in the same rounds).
+The result names the machine fingerprint it was measured on; a new fingerprint re-measures all.
 """
 
 import argparse
+import json
 import logging
-import platform
-import resource
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
-from stages.lib import params, runtime
+from stages.lib import metrics, params, runtime, timing
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("benchmark")
@@ -25,77 +31,138 @@ log = logging.getLogger("benchmark")
 def check(p):
     params.check_base(p["base"])
     b = p["benchmark"]
-    params.check_int("benchmark.warmup", b["warmup"], 1)
-    params.check_int("benchmark.iters", b["iters"], 5)
+    params.check_int("benchmark.rounds", b["rounds"], 1)
+    params.check_range("benchmark.seconds", b["seconds"], 0, 60, lo_inclusive=False)
+    params.check_int("benchmark.min_calls", b["min_calls"], 1)
+    params.check_int("benchmark.warmup", b["warmup"], 0)
     params.check_int("benchmark.batch_size", b["batch_size"], 1)
     params.check_range("benchmark.core_hour_usd", b["core_hour_usd"], 0, 100)
     return b
 
 
-def time_calls(fn, x, warmup, iters):
-    """Seconds per call, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return np.array(times)
+def parse_variants(extra):
+    """`--<name>.model PATH --<name>.runtime R ...` (DVC's unpacking of the `variants` dict) -> {name: spec}."""
+    if len(extra) % 2:
+        raise params.ParamError(f"variants: expected '--<name>.<field> value' pairs, got {extra}")
+    variants = {}
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        name, _, field = flag.removeprefix("--").rpartition(".")
+        if not flag.startswith("--") or field not in ("model", "runtime"):
+            raise params.ParamError(
+                f"variants: unexpected argument {flag!r}; expected --<name>.model / --<name>.runtime"
+            )
+        variants.setdefault(name, {})[field] = value
+    for name, spec in variants.items():
+        if set(spec) != {"model", "runtime"}:
+            raise params.ParamError(f"variant {name!r} needs both model and runtime, got {sorted(spec)}")
+        params.check_choice(f"variants.{name}.runtime", spec["runtime"], set(runtime.RUNTIMES))
+        if not Path(spec["model"]).is_file():
+            raise FileNotFoundError(f"variant {name!r}: model file {spec['model']} not found; run `dvc repro` first")
+    return variants
 
 
-def measure(runner, size, b, prefix):
-    rng = np.random.default_rng(0)
-    one = rng.random((1, 3, size, size), dtype=np.float32)
-    many = rng.random((b["batch_size"], 3, size, size), dtype=np.float32)
-    t1 = time_calls(runner, one, b["warmup"], b["iters"]) * 1000
-    tn = time_calls(runner, many, max(1, b["warmup"] // 5), max(3, b["iters"] // 10))
-    return {
-        f"{prefix}latency_ms_p50": round(float(np.median(t1)), 3),
-        f"{prefix}latency_ms_p90": round(float(np.percentile(t1, 90)), 3),
-        f"{prefix}throughput_img_s": round(b["batch_size"] / float(np.median(tn)), 1),
-    }
+def worker(spec, threads, image_size, b, channels_last):
+    """Measure one variant in a fresh Python process; returns its JSON result."""
+    cmd = [sys.executable, "-m", timing.__name__, spec["runtime"], spec["model"],
+           "--threads", *map(str, threads), "--image-size", str(image_size), "--batch-size", str(b["batch_size"]),
+           "--seconds", str(b["seconds"]), "--min-calls", str(b["min_calls"]), "--warmup", str(b["warmup"])]  # fmt: skip
+    if channels_last:
+        cmd.append("--channels-last")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"timing {spec['model']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+def run_rounds(variants, threads, image_size, b, seed, channels_last):
+    """Tidy rows: one per (round, variant, thread count), plus the last result of each variant."""
+    rng = np.random.default_rng(seed)
+    rows, last = [], {}
+    names = list(variants)
+    bar = tqdm(total=b["rounds"] * len(names), desc="benchmark", leave=False)
+    for r in range(1, b["rounds"] + 1):
+        for position, name in enumerate(rng.permutation(names)):
+            res = last[name] = worker(variants[name], threads, image_size, b, channels_last)
+            for n in threads:
+                rows.append({"round": r, "position": position, "variant": name, "threads": n,
+                             **{k.removeprefix(f"t{n}_"): res[k] for k in res if k.startswith(f"t{n}_")},
+                             "peak_rss_mb": res["peak_rss_mb"]})  # fmt: skip
+            if any(k.startswith("gpu_") for k in res):
+                rows.append({"round": r, "position": position, "variant": name, "threads": "gpu",
+                             **{k.removeprefix("gpu_"): res[k] for k in res if k.startswith("gpu_")}})  # fmt: skip
+            bar.update()
+        log.info("round %d/%d done", r, b["rounds"])
+    bar.close()
+    return pd.DataFrame(rows), last
+
+
+def summary(rows, last, variants, threads, b, fingerprint_id):
+    """Per variant: medians over rounds, CoV and 95 % intervals, size, params, memory, cost proxy."""
+    out = {}
+    main_threads = threads[-1]
+    for name, spec in variants.items():
+        mine = rows[rows["variant"] == name]
+        entry = {}
+        for n, suffix in ((main_threads, ""), (1, "_1t")):
+            if suffix and main_threads == 1:
+                continue
+            at = mine[mine["threads"] == n]
+            p50 = metrics.summarise(at["latency_ms_p50"])
+            thr = metrics.summarise(at["throughput_img_s"])
+            entry |= {
+                f"latency_ms_p50{suffix}": round(p50["median"], 4),
+                f"latency_ms_p50{suffix}_cov_pct": round(p50["cov_pct"], 2),
+                f"latency_ms_p50{suffix}_ci95": [round(x, 4) for x in p50["ci95"]],
+                f"latency_ms_p90{suffix}": round(float(at["latency_ms_p90"].median()), 4),
+                f"latency_ms_p99{suffix}": round(float(at["latency_ms_p99"].median()), 4),
+                f"throughput_img_s{suffix}": round(thr["median"], 1),
+                f"throughput_img_s{suffix}_cov_pct": round(thr["cov_pct"], 2),
+            }
+        gpu = mine[mine["threads"] == "gpu"]
+        if len(gpu):
+            entry |= {"gpu_latency_ms_p50": round(float(gpu["latency_ms_p50"].median()), 4),
+                      "gpu_throughput_img_s": round(float(gpu["throughput_img_s"].median()), 1)}  # fmt: skip
+        core_hours = 1e6 / entry["throughput_img_s"] / 3600 * main_threads
+        entry |= {
+            "size_mb": round(Path(spec["model"]).stat().st_size / 2**20, 3),
+            "param_count": last[name]["param_count"],
+            "peak_rss_mb": round(float(mine["peak_rss_mb"].median()), 1),
+            "cost_usd_per_1m_images": round(core_hours * b["core_hour_usd"], 4),
+            "threads": main_threads,
+            "runtime": spec["runtime"],
+            "settings": last[name]["settings"],
+            "fingerprint_id": fingerprint_id,
+        }
+        out[name] = entry
+    return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variant")
-    parser.add_argument("runtime", choices=runtime.RUNTIMES)
-    parser.add_argument("model", help="model.pt (torch) or .onnx (onnxruntime)")
-    parser.add_argument("metrics")
-    args = parser.parse_args()
+    parser.add_argument("fingerprint", help="machine fingerprint JSON (the fingerprint stage)")
+    parser.add_argument("metrics", help="per-variant summary JSON")
+    parser.add_argument("rounds_csv", help="one row per round, variant and thread count")
+    args, extra = parser.parse_known_args()
     p = params.load()
     b = check(p)
-    threads, size = p["base"]["threads"], p["base"]["image_size"]
+    variants = parse_variants(extra)
+    fingerprint = json.loads(Path(args.fingerprint).read_text())
+    base = p["base"]
+    threads = sorted({1, base["threads"]})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    log.info("%d variants x %d rounds on %s (%s), threads %s", len(variants), b["rounds"], fingerprint["cpu"],
+             fingerprint["id"], threads)  # fmt: skip
 
-    runner = runtime.load_runner(args.model, args.runtime, threads)
-    result = measure(runner, size, b, prefix="")
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-    # Cost proxy: CPU core-hours to screen one million images at the measured batch throughput.
-    core_hours = 1e6 / result["throughput_img_s"] / 3600 * threads
-    result.update(
-        {
-            "size_mb": round(Path(args.model).stat().st_size / 2**20, 3),
-            "param_count": runner.param_count,
-            "cost_usd_per_1m_images": round(core_hours * b["core_hour_usd"], 4),
-            "threads": threads,
-            "image_size": size,
-            "cpu": cpu_name(),
-            "runtime": args.runtime,
-        }
-    )
-    if runtime.gpu_available(args.runtime):
-        result.update(measure(runtime.load_runner(args.model, args.runtime, threads, "cuda"), size, b, "gpu_"))
-    write_json(args.metrics, result)
-    log.info("%s: %s", args.variant, {k: v for k, v in result.items() if "latency" in k or "throughput" in k})
+    rows, last = run_rounds(variants, threads, base["image_size"], b, base["seed"], base["channels_last"])
+    Path(args.rounds_csv).parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(args.rounds_csv, index=False)
+    result = summary(rows, last, variants, threads, b, fingerprint["id"])
+    write_json(args.metrics, {"variants": result, "fingerprint": fingerprint, "rounds": b["rounds"],
+                              "threads": threads, "image_size": base["image_size"],
+                              "batch_size": b["batch_size"]})  # fmt: skip
+    for name, e in result.items():
+        log.info("%-26s p50 %8.3f ms (CoV %4.1f %%)  %8.1f img/s  %7.2f MB", name, e["latency_ms_p50"],
+                 e["latency_ms_p50_cov_pct"], e["throughput_img_s"], e["size_mb"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,9 +49,11 @@ def binary(probs, labels, ev, seed):
     pred = (s >= threshold).astype(int)
     result = {**metrics.binary_metrics(s, y, threshold), "target_recall": ev["target_recall"],
               "val_recall": val["recall"], "ap": metrics.average_precision(s, y)}  # fmt: skip
+    result[metrics.pct_name("fpr_at_recall", ev["target_recall"])] = metrics.fpr_at_recall(s, y, ev["target_recall"])
     for pct in ev["fixed_fpr_pct"]:
-        result[f"recall_at_fpr_{pct:g}pct"] = metrics.recall_at_fpr(s, y, pct / 100)
-    ci = metrics.bootstrap_ci(y, pred, s, metrics.BINARY_CI, ev["bootstrap"], seed)
+        result[metrics.pct_name("recall_at_fpr", pct / 100)] = metrics.recall_at_fpr(s, y, pct / 100)
+    names = metrics.binary_ci_names(ev["target_recall"], ev["fixed_fpr_pct"])
+    ci = metrics.bootstrap_ci(y, pred, s, names, ev["bootstrap"], seed)
     return result, ci, pred, s
 
 

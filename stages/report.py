@@ -1,6 +1,14 @@
-"""report: join evaluate and benchmark for every variant; deltas vs the reference; Pareto plots.
+"""report: the comparison table, what each step bought and cost, Pareto plots, and REPORT.md.
 
-python -m stages.report metrics/evaluate metrics/benchmark plots/report metrics/report.json
+    python -m stages.report metrics/evaluate metrics/benchmark.json plots/benchmark/rounds.csv \
+        artifacts/predictions metrics/prepare.json data/prepared plots/report metrics/report.json \
+        metrics/headline.json REPORT.md
+
+Quality deltas are paired over test images, speed-ups over benchmark rounds (see lib/comparison).
+The Pareto plots rank variants on a threshold-free quality (`report.quality`, AUROC by default,
+with its interval), so a variant reaches the front by ranking defects better, not by a luckier
+threshold. `metrics/headline.json` is the few numbers `dvc exp show` lists; the rest stays in
+`metrics/report.json` and the CSVs.
 """
 
 import argparse
@@ -11,7 +19,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from stages.lib import metrics, params
+from stages.lib import comparison, data, metrics, params, writeup
 from stages.lib.outputs import write_json
 
 matplotlib.use("Agg")
@@ -20,160 +28,116 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 log = logging.getLogger("report")
 
-# The columns of the table, by task; the first is the primary metric (Pareto plots, deltas).
-QUALITY = {
-    "binary": ["recall", "fnr", "precision", "f1", "auroc", "ap", "threshold"],
-    "multiclass": ["macro_recall", "accuracy", "macro_f1", "macro_auroc"],
-}
-COST = ["latency_ms_p50", "latency_ms_p90", "throughput_img_s", "size_mb", "param_count", "peak_rss_mb",
-        "cost_usd_per_1m_images"]  # fmt: skip
-
 
 def read_dir(folder, suffix=".json"):
     read = json.loads if suffix == ".json" else None
     return {f.stem: read(f.read_text()) if read else pd.read_csv(f) for f in sorted(Path(folder).glob(f"*{suffix}"))}
 
 
-def build_table(evaluated, benchmarked, reference, predictions=None, draws=1000, seed=0):
-    """One row per variant: quality with 95 % intervals, cost, and paired deltas vs `reference`."""
-    missing = sorted(set(evaluated) ^ set(benchmarked))
-    if missing:
-        raise ValueError(f"variants {missing} have evaluate or benchmark metrics but not both")
-    if reference not in evaluated:
-        raise ValueError(
-            f"report.reference={reference!r} is not an evaluated variant; expected one of {sorted(evaluated)}"
-        )
-    hashes = {v: m["test_sha256"] for v, m in evaluated.items()}
-    if len(set(hashes.values())) != 1:
-        raise ValueError(f"variants were evaluated on different test sets (test_sha256): {hashes}")
-    task = evaluated[reference]["task"]
-    quality = QUALITY[task]
-    primary = quality[0]
-    rows = {}
-    for v in evaluated:
-        ev = evaluated[v]
-        row = {k: ev[k] for k in quality} | {k: benchmarked[v][k] for k in COST}
-        for k, (lo, hi) in ((k[: -len("_ci95")], ev[k]) for k in ev if k.endswith("_ci95")):
-            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
-        rows[v] = row
-    order = [reference, *sorted(v for v in rows if v != reference)]  # the baseline first
-    table = pd.DataFrame.from_dict(rows, orient="index").loc[order]
-    ref = table.loc[reference]
-    ci_names = metrics.BINARY_CI if task == "binary" else metrics.MULTICLASS_CI
-    for name in ci_names:
-        table[f"{name}_delta_pt"] = ((table[name] - ref[name]) * 100).round(2)
-    if predictions is not None:
-        labels = predictions[reference]["label"].to_numpy()
-        num_classes = int(max(p["label"].max() for p in predictions.values())) + 1
-        for v in table.index:
-            if not (predictions[v]["sha256"] == predictions[reference]["sha256"]).all():
-                raise ValueError(f"{v}: predictions are not in the reference's image order")
-            ci = metrics.paired_delta_ci(
-                predictions[v], predictions[reference], labels, ci_names, draws, seed, num_classes
-            )
-            for name, (lo, hi) in ci.items():
-                table.loc[v, [f"{name}_delta_pt_ci_low", f"{name}_delta_pt_ci_high"]] = [
-                    round(lo * 100, 2),
-                    round(hi * 100, 2),
-                ]
-    table["speedup_x"] = (ref["latency_ms_p50"] / table["latency_ms_p50"]).round(2)
-    table["size_ratio"] = (table["size_mb"] / ref["size_mb"]).round(3)
-    table.index.name = "variant"
-    table.attrs["primary"] = primary
-    return table
+def check(p, ev):
+    r = p["report"]
+    ev.check_variant("report.reference", r["reference"])
+    if not isinstance(r["steps"], dict):
+        raise params.ParamError(f"report.steps={r['steps']!r}; expected a mapping name: [before, after]")
+    for name, pair in r["steps"].items():
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise params.ParamError(f"report.steps.{name}={pair!r}; expected [before_variant, after_variant]")
+        for v in pair:
+            ev.check_variant(f"report.steps.{name}", v)
+    if ev.task == "binary":
+        ranking = ["auroc", *(n for n in ev.ci_names if metrics._curve_metric(n))]
+        params.check_choice("report.quality", r["quality"], set(ranking))
+        return r["quality"], ["auroc", metrics.pct_name("fpr_at_recall", p["evaluate"]["target_recall"])]
+    return comparison.MULTICLASS_QUALITY, [comparison.MULTICLASS_QUALITY]
 
 
-def markdown(table):
-    """The human table: primary metric and deltas with their 95 % intervals, then cost."""
-    p = table.attrs["primary"]
-    show = pd.DataFrame(index=table.index)
-
-    def with_ci(col, scale=1.0, digits=3):
-        lo, hi = table.get(f"{col}_ci_low"), table.get(f"{col}_ci_high")
-        if lo is None:
-            return table[col].map(lambda v: f"{v * scale:.{digits}f}")
-        return [f"{v * scale:.{digits}f} [{a * scale:.{digits}f}, {b * scale:.{digits}f}]"
-                for v, a, b in zip(table[col], lo, hi, strict=True)]  # fmt: skip
-
-    show[f"{p} [95% CI]"] = with_ci(p)
-    if f"{p}_delta_pt" in table:
-        show[f"Δ{p} pt [paired 95% CI]"] = with_ci(f"{p}_delta_pt", digits=1)
-    for extra in ("precision", "f1", "auroc", "accuracy", "macro_f1", "macro_auroc"):
-        if extra in table:
-            if f"{extra}_ci_low" in table:
-                show[f"{extra} [95% CI]"] = with_ci(extra)
-            else:
-                show[extra] = table[extra].map(lambda v: f"{v:.3f}")
-    show["latency ms (p50)"] = table["latency_ms_p50"].map(lambda v: f"{v:.2f}")
-    show["speed-up"] = table["speedup_x"].map(lambda v: f"{v:.2f}x")
-    show["throughput img/s"] = table["throughput_img_s"].map(lambda v: f"{v:.0f}")
-    show["size MB"] = table["size_mb"].map(lambda v: f"{v:.2f}")
-    show["params M"] = (table["param_count"] / 1e6).map(lambda v: f"{v:.2f}")
-    show["peak RSS MB"] = table["peak_rss_mb"].map(lambda v: f"{v:.0f}")
-    show["$ / 1M img"] = table["cost_usd_per_1m_images"].map(lambda v: f"{v:.3f}")
-    return show.to_markdown() + "\n"
-
-
-def pareto_front(table, cost, quality="recall"):
-    """Variants no other variant beats on both `quality` (higher is better) and `cost` (lower is better)."""
-    front = []
-    q = table[quality]
-    for v, row in table.iterrows():
-        dominated = ((q >= row[quality]) & (table[cost] <= row[cost])
-                     & ((q > row[quality]) | (table[cost] < row[cost]))).any()  # fmt: skip
-        if not dominated:
-            front.append(v)
-    return front
-
-
-def plot(table, path):
-    q = table.attrs["primary"]
+def plot(table, quality, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, cost, label in ((axes[0], "latency_ms_p50", "CPU latency, batch 1 (ms, median)"),
+    for ax, cost, label in ((axes[0], "latency_ms_p50", "CPU latency, batch 1 (ms, median over rounds)"),
                             (axes[1], "size_mb", "model file size (MB)")):  # fmt: skip
-        front = pareto_front(table, cost, q)
-        if f"{q}_ci_low" in table:
-            yerr = [table[q] - table[f"{q}_ci_low"], table[f"{q}_ci_high"] - table[q]]
-            ax.errorbar(table[cost], table[q], yerr=yerr, fmt="none", ecolor="0.7", capsize=2, label="95% CI")
-        ax.scatter(table[cost], table[q], c=["C3" if v in front else "C0" for v in table.index], zorder=3)
+        front = comparison.pareto_front(table, cost, quality)
+        yerr = [table[quality] - table[f"{quality}_ci_low"], table[f"{quality}_ci_high"] - table[quality]]
+        ax.errorbar(table[cost], table[quality], yerr=yerr, fmt="none", ecolor="0.7", capsize=2, label="95% CI")
+        ax.scatter(table[cost], table[quality], c=["C3" if v in front else "C0" for v in table.index], zorder=3)
         for v, row in table.iterrows():
-            ax.annotate(v, (row[cost], row[q]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+            ax.annotate(v, (row[cost], row[quality]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         pts = table.loc[front].sort_values(cost)
-        ax.step(pts[cost], pts[q], where="post", color="C3", alpha=0.5, label="Pareto front")
+        ax.step(pts[cost], pts[quality], where="post", color="C3", alpha=0.5, label="Pareto front")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # ticks 1, 2, 5, 10, ... labelled plainly
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label + ", log scale")
-        ax.set_ylabel(f"test {q}")
+        ax.set_ylabel(f"test {writeup.label(quality)}")
+        if comparison.lower_is_better(quality):
+            ax.invert_yaxis()  # better is up
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="lower right")
-    fig.suptitle(f"{q} vs cost on the shared test split")
+    fig.suptitle(f"{writeup.label(quality)} (threshold-free, 95% CI) vs cost on the shared test split")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def pareto_points(table, quality):
+    """Tidy rows for the Vega Pareto template: fixed column names, whatever `report.quality` is."""
+    fronts = {c: set(comparison.pareto_front(table, c, quality)) for c in ("latency_ms_p50", "size_mb")}
+    return pd.DataFrame({
+        "variant": table.index, "runtime": table["runtime"], "quality_metric": quality,
+        "quality": table[quality], "quality_ci_low": table[f"{quality}_ci_low"],
+        "quality_ci_high": table[f"{quality}_ci_high"], "latency_ms_p50": table["latency_ms_p50"],
+        "size_mb": table["size_mb"], "speedup_x": table["speedup_x"],
+        "front_latency": [v in fronts["latency_ms_p50"] for v in table.index],
+        "front_size": [v in fronts["size_mb"] for v in table.index],
+    })  # fmt: skip
+
+
+def headline(table, reference, recommended, guards):
+    """The compact metrics `dvc exp show` lists: the reference and the recommended variant."""
+    rec, ref = table.loc[recommended], table.loc[reference]
+    pick = {g: round(float(rec[g]), 4) for g in guards}
+    return {"recommended": recommended, "rec": {**pick, "ms": rec["latency_ms_p50"], "speedup_x": rec["speedup_x"],
+            "mb": rec["size_mb"]}, "ref": {**{g: round(float(ref[g]), 4) for g in guards}, "ms": ref["latency_ms_p50"]},
+            "max_cov_pct": round(float(table["latency_ms_p50_cov_pct"].max()), 2)}  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("evaluate_dir")
-    parser.add_argument("benchmark_dir")
-    parser.add_argument("predictions_dir", help="per-image test predictions, for paired deltas")
-    parser.add_argument("out_dir", help="comparison.csv, comparison.md, pareto.png")
-    parser.add_argument("metrics")
+    for name in ("evaluate_dir", "benchmark", "rounds_csv", "predictions_dir", "prepare_metrics", "data_dir",
+                 "out_dir", "metrics", "headline", "report_md"):  # fmt: skip
+        parser.add_argument(name)
     args = parser.parse_args()
     p = params.load()
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    table = build_table(read_dir(args.evaluate_dir), read_dir(args.benchmark_dir), p["report"]["reference"],
-                        read_dir(args.predictions_dir, ".csv"), p["evaluate"]["bootstrap"], p["base"]["seed"])  # fmt: skip
+    bench = json.loads(Path(args.benchmark).read_text())
+    rounds = pd.read_csv(args.rounds_csv)
+    rounds = rounds[rounds["threads"].astype(str) == str(bench["threads"][-1])]
+    ev = comparison.Evidence(read_dir(args.evaluate_dir), bench["variants"], rounds,
+                             read_dir(args.predictions_dir, ".csv"), p["evaluate"]["bootstrap"], p["base"]["seed"])  # fmt: skip
+    quality, guards = check(p, ev)
+    reference = p["report"]["reference"]
+    table = comparison.build_table(ev, reference)
+    steps = {
+        name: {"before": b, "after": a, "delta": ev.compare(a, b)} for name, (b, a) in p["report"]["steps"].items()
+    }
+    recommended, rule = comparison.recommend(table, guards)
+    names = [n for n in ev.ci_names if n not in ("precision", "f1")]
+
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "comparison.csv")
-    (out / "comparison.md").write_text(markdown(table))
-    plot(table, out / "pareto.png")
-    write_json(args.metrics, table.to_dict(orient="index"))
-    log.info("\n%s", markdown(table))
+    pareto_points(table, quality).to_csv(out / "pareto.csv", index=False)
+    plot(table, quality, out / "pareto.png")
+    write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
+                              "recommended": recommended, "rule": rule, "quality": quality})  # fmt: skip
+    write_json(args.headline, headline(table, reference, recommended, guards))
+    ctx = {"reference": reference, "guards": guards, "names": names, "steps": steps, "recommended": recommended,
+           "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
+           "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),
+           "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
+    Path(args.report_md).write_text(writeup.render(table, ctx))
+    log.info("recommended: %s; report written to %s", recommended, args.report_md)
 
 
 if __name__ == "__main__":

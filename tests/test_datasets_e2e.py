@@ -33,10 +33,11 @@ def test_pipeline_runs_on_real_layout(name, tmp_path):
     if task == "binary":
         assert {"recall", "recall_ci95", "auroc_ci95", "ap", "recall_at_fpr_5pct"} <= set(ev)
         assert set(ev["by"]["defect_type"]) == {"good", "broken_large", "broken_small", "contamination"}
-        assert "recall_delta_pt_ci_low" in report["student_kd_int8"]
+        assert "fpr_at_recall_95pct_delta_pt_ci_low" in report["variants"]["student_kd_int8"]
     else:
         assert len(info["classes"]) == 6
         assert {"macro_recall", "macro_recall_ci95", "accuracy_ci95"} <= set(ev)
         assert set(ev["per_class_recall"]) == set(info["classes"])
-        assert "macro_recall_delta_pt_ci_low" in report["student_kd_int8"]
+        assert "macro_recall_delta_pt_ci_low" in report["variants"]["student_kd_int8"]
+    assert (repo / "REPORT.md").read_text().startswith("# Defect screening")
     assert len({json.loads(f.read_text())["test_sha256"] for f in (repo / "metrics/evaluate").glob("*.json")}) == 1

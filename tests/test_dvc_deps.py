@@ -44,3 +44,23 @@ def test_every_variant_is_plotted_and_evaluated(root):
     plotted = Path(root / "dvc.yaml").read_text()
     for v in variants:
         assert f"plots/evaluate/roc/{v}.csv" in plotted and f"plots/evaluate/pr/{v}.csv" in plotted
+
+
+def test_benchmark_depends_on_every_variant_it_measures(root):
+    """One benchmark stage takes all variants (DVC unpacks the dict into its command): each model is a dep."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
+    bench = spec["stages"]["benchmark"]
+    assert "${variants}" in bench["cmd"]
+    missing = {v for v, item in variants.items() if item["model"] not in bench["deps"]}
+    assert not missing, f"benchmark deps miss the models of {sorted(missing)}"
+    assert "metrics/fingerprint.json" in bench["deps"]  # another machine re-measures everything
+    assert spec["stages"]["fingerprint"].get("always_changed") is True
+
+
+def test_only_the_headline_is_a_declared_metric(root):
+    """`dvc exp show` lists declared metrics: only the compact headline, so it fits a terminal."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    declared = [next(iter(m)) if isinstance(m, dict) else m
+                for stage in spec["stages"].values() for m in stage.get("do", stage).get("metrics", [])]  # fmt: skip
+    assert declared == ["metrics/headline.json"]

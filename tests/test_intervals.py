@@ -5,6 +5,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from stages.lib import metrics
 
+BINARY_CI = metrics.binary_ci_names(0.95, [1, 5])
+
 
 def sample(n, seed=0, sep=1.0):
     rng = np.random.default_rng(seed)
@@ -17,11 +19,13 @@ def test_draws_on_identity_resample_match_the_point_metrics():
     y, s = sample(400)
     pred = (s >= 0.5).astype(int)
     idx = np.arange(len(y))[None]
-    d = metrics._draws(y, pred, s, idx, metrics.BINARY_CI, 2)
+    d = metrics._draws(y, pred, s, idx, BINARY_CI, 2)
     point = metrics.binary_metrics(s, y, 0.5)
-    for k in ("recall", "precision", "f1"):
+    for k in ("recall", "fpr", "precision", "f1"):
         assert d[k][0] == pytest.approx(point[k], abs=1e-4)
     assert d["auroc"][0] == pytest.approx(roc_auc_score(y, s))
+    assert d["fpr_at_recall_95pct"][0] == pytest.approx(metrics.fpr_at_recall(s, y, 0.95), abs=1e-4)
+    assert d["recall_at_fpr_5pct"][0] == pytest.approx(metrics.recall_at_fpr(s, y, 0.05), abs=1e-4)
 
 
 def test_auroc_draws_handle_ties_like_sklearn():
@@ -47,9 +51,9 @@ def test_interval_contains_estimate_and_shrinks_with_more_images():
 def test_bootstrap_is_seeded():
     y, s = sample(300)
     pred = (s >= 0.5).astype(int)
-    a = metrics.bootstrap_ci(y, pred, s, metrics.BINARY_CI, 200, seed=3)
-    assert a == metrics.bootstrap_ci(y, pred, s, metrics.BINARY_CI, 200, seed=3)
-    assert a != metrics.bootstrap_ci(y, pred, s, metrics.BINARY_CI, 200, seed=4)
+    a = metrics.bootstrap_ci(y, pred, s, BINARY_CI, 200, seed=3)
+    assert a == metrics.bootstrap_ci(y, pred, s, BINARY_CI, 200, seed=3)
+    assert a != metrics.bootstrap_ci(y, pred, s, BINARY_CI, 200, seed=4)
 
 
 def test_paired_delta_is_zero_for_identical_models_and_positive_for_a_strictly_better_one():
@@ -88,6 +92,34 @@ def test_recall_at_fixed_fpr():
     assert metrics.recall_at_fpr(s, y, 0.0) == 0.25  # only the 0.9 defect before the first false alarm
     assert metrics.recall_at_fpr(s, y, 0.1) == 0.75  # one false alarm (0.85) of 10 allowed: threshold 0.4
     assert metrics.recall_at_fpr(s, y, 0.2) == 1.0
+
+
+def test_fpr_at_matched_recall():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.4, 0.3, 0.85, 0.35, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert metrics.fpr_at_recall(s, y, 0.5) == 0.1  # 0.9 and 0.8 caught at threshold 0.8: one false alarm (0.85)
+    assert metrics.fpr_at_recall(s, y, 0.75) == 0.1  # threshold 0.4
+    assert metrics.fpr_at_recall(s, y, 1.0) == 0.2  # threshold 0.3 also flags 0.35
+
+
+def test_curve_metrics_only_use_thresholds_between_distinct_scores():
+    # a defect and a good part tie at 0.5: no threshold catches the defect without the false alarm
+    y = np.array([1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.5, 0.5, 0.2, 0.1])
+    assert metrics.recall_at_fpr(s, y, 0.0) == 0.5
+    assert metrics.fpr_at_recall(s, y, 1.0) == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_curve_metrics_agree_with_sklearn_roc_on_random_scores():
+    from sklearn.metrics import roc_curve
+
+    y, s = sample(300, seed=5)
+    s = np.round(s, 2)  # plenty of ties
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    for x in (0.01, 0.05, 0.2):
+        assert metrics.recall_at_fpr(s, y, x) == pytest.approx(tpr[fpr <= x].max(), abs=1e-4)
+    for r in (0.8, 0.95):
+        assert metrics.fpr_at_recall(s, y, r) == pytest.approx(fpr[tpr >= r].min(), abs=1e-4)
 
 
 def test_breakdown_by_attribute():

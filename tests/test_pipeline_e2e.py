@@ -1,8 +1,10 @@
 """`dvc repro` on a tiny profile in a temporary copy of the repo: every stage runs for real.
 
 A few dozen ELPV images at 64x64, one epoch each; the same stages, libraries and
-weights as the default run. Checks outputs, that a rerun does nothing, and that a
-quantization knob reruns only quantize and what follows it.
+weights as the default run. Checks outputs, that a rerun does nothing, that a clone on the
+same machine reuses the benchmark and one on another machine re-measures it (and nothing
+else), that a quantization knob reruns only quantize and what follows it, and that
+`dvc plots show` renders every plot offline in headless Chromium.
 """
 
 import json
@@ -23,21 +25,27 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 16},
     "prune": {"epochs": 1},
     "quantize": {"calibration_images": 8},
-    "benchmark": {"warmup": 1, "iters": 5, "batch_size": 4},
+    "evaluate": {"bootstrap": 200},
+    "benchmark": {"rounds": 2, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
 }
 UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def sh(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+def sh(args, cwd, check=True, env=None):
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def dvc(*args, cwd, check=True):
-    return sh([sys.executable, "-m", "dvc", *args], cwd, check)
+def dvc(*args, cwd, check=True, env=None):
+    return sh([sys.executable, "-m", "dvc", *args], cwd, check, env)
+
+
+def git(*args, cwd):
+    return sh(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd)
 
 
 def ran(output):
@@ -53,15 +61,15 @@ def set_params(repo, overrides):
 
 def copy_repo(dest, overrides):
     """The pipeline's tracked files in a fresh git + DVC repo at `dest`, with params overridden."""
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages"):
+    for name in ("dvc.yaml", "params.yaml", "requirements.txt", ".dvcignore", ".gitignore", "stages"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    (dest / ".dvc").mkdir()
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
     set_params(dest, overrides)
     sh(["git", "init", "-q"], dest)
-    sh(["git", "add", "-A"], dest)
-    sh(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], dest)
+    git("add", "-A", cwd=dest)
+    git("commit", "-qm", "tiny", cwd=dest)
     return dest
 
 
@@ -72,39 +80,72 @@ def repo(tmp_path_factory):
     return repo, first.stdout
 
 
-def test_every_stage_runs_and_writes_its_metrics(repo):
+def test_every_stage_runs_and_writes_its_outputs(repo):
     repo, out = repo
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
     variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
-    expected = ["prepare", "finetune_teacher", "train_student", "distill", "prune", "report"]
+    expected = ["prepare", "finetune_teacher", "train_student", "distill", "prune", "report", "benchmark"]
     expected += [f"quantize/{m}" for m in ("teacher", "student_kd", "student_pruned")]
-    expected += [f"evaluate/{v}" for v in variants] + [f"benchmark/{v}" for v in variants]
+    expected += [f"evaluate/{v}" for v in variants]
     for name in expected:
         assert (repo / "metrics" / f"{name}.json").exists(), name
-    assert len(ran(out)) == 5 + 3 + 2 * len(variants) + 1
+    assert len(ran(out)) == 5 + 3 + len(variants) + 4  # + fingerprint, benchmark, report, bundle_vega
 
     prune = json.loads((repo / "metrics/prune.json").read_text())
     assert prune["params_after_m"] < prune["params_before_m"]
     ev = json.loads((repo / "metrics/evaluate/student_kd_int8.json").read_text())
-    assert {"recall", "fnr", "precision", "f1", "accuracy", "auroc", "ap", "threshold", "recall_at_fpr_5pct"} <= set(ev)
-    assert {"recall_ci95", "precision_ci95", "f1_ci95", "auroc_ci95"} <= set(ev) and "cell_type" in ev["by"]
-    assert (repo / "artifacts/predictions/student_kd_int8.csv").exists()
-    bench = json.loads((repo / "metrics/benchmark/student_kd_int8.json").read_text())
-    assert bench["latency_ms_p50"] > 0 and bench["size_mb"] > 0 and bench["peak_rss_mb"] > 0
+    assert {"recall", "fnr", "fpr", "precision", "f1", "auroc", "ap", "threshold", "recall_at_fpr_5pct"} <= set(ev)
+    assert {"recall_ci95", "fpr_ci95", "auroc_ci95", "fpr_at_recall_95pct_ci95", "recall_at_fpr_1pct_ci95"} <= set(ev)
+    assert "cell_type" in ev["by"] and (repo / "artifacts/predictions/student_kd_int8.csv").exists()
+
+    bench = json.loads((repo / "metrics/benchmark.json").read_text())
+    fingerprint = json.loads((repo / "metrics/fingerprint.json").read_text())
+    assert set(bench["variants"]) == set(variants) and bench["fingerprint"] == fingerprint
+    for v, b in bench["variants"].items():
+        assert b["latency_ms_p50"] > 0 and b["size_mb"] > 0 and b["peak_rss_mb"] > 0, v
+        lo, hi = b["latency_ms_p50_ci95"]
+        assert lo <= hi and b["latency_ms_p50_cov_pct"] >= 0 and b["fingerprint_id"] == fingerprint["id"]
+    rounds = (repo / "plots/benchmark/rounds.csv").read_text().splitlines()
+    assert len(rounds) == 1 + TINY["benchmark"]["rounds"] * len(variants) * 2  # threads 1 and base.threads
+
     report = json.loads((repo / "metrics/report.json").read_text())
-    assert set(report) == set(variants) and report["teacher_fp32"]["speedup_x"] == 1.0
-    assert report["teacher_fp32"]["recall_delta_pt_ci_low"] == 0  # paired with itself
-    for f in ("comparison.csv", "comparison.md", "pareto.png"):
+    table = report["variants"]
+    assert set(table) == set(variants) and table["teacher_fp32"]["speedup_x"] == 1.0
+    assert table["teacher_fp32"]["auroc_delta_pt_ci_low"] == 0  # paired with itself
+    assert {"runtime", "int8", "pruning", "distillation"} <= set(report["steps"]) and report["recommended"] in variants
+    headline = json.loads((repo / "metrics/headline.json").read_text())
+    assert (
+        headline["recommended"] == report["recommended"] and headline["ref"]["auroc"] == table["teacher_fp32"]["auroc"]
+    )
+    text = (repo / "REPORT.md").read_text()
+    for heading in ("## Data and split", "## Machine", "## What each step bought and cost", "## Recommended variant",
+                    "## Caveats", fingerprint["id"]):  # fmt: skip
+        assert heading in text
+    for f in ("comparison.csv", "pareto.csv", "pareto.png"):
         assert (repo / "plots/report" / f).stat().st_size > 0
-    assert (repo / "plots/train/student_kd/plots/metrics/val/auroc.tsv").exists()
-    assert "recall" in dvc("metrics", "show", cwd=repo).stdout
-    dvc("plots", "show", "-o", str(repo / "plots_html"), cwd=repo)
-    assert (repo / "plots_html" / "index.html").exists()
+    assert "rec.auroc" in dvc("metrics", "show", cwd=repo).stdout
 
 
-def test_second_repro_runs_nothing(repo):
+def test_second_repro_runs_only_the_fingerprint(repo):
     repo, _ = repo
-    assert ran(dvc("repro", cwd=repo).stdout) == set()
+    assert ran(dvc("repro", cwd=repo).stdout) == {"fingerprint"}
+
+
+def test_clone_reuses_benchmark_on_same_machine_and_remeasures_on_another(repo, tmp_path):
+    repo, _ = repo
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "results", cwd=repo)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    dvc("cache", "dir", str(repo / ".dvc" / "cache"), cwd=clone)  # artifacts from the first run, no retraining
+    dvc("checkout", cwd=clone)
+    assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint"}  # same machine: every result reused
+
+    # The committed results came from another machine: only the benchmark and the report rerun.
+    fp = clone / "metrics/fingerprint.json"
+    fp.write_text(json.dumps({**json.loads(fp.read_text()), "cpu": "another CPU"}))
+    dvc("commit", "-f", "fingerprint", cwd=clone)
+    assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint", "benchmark", "report"}
 
 
 def test_quantize_param_reruns_only_quantize_and_downstream(repo):
@@ -112,15 +153,29 @@ def test_quantize_param_reruns_only_quantize_and_downstream(repo):
     set_params(repo, {"quantize": {"per_channel": False}})
     stages = ran(dvc("repro", cwd=repo).stdout)
     assert {"quantize@teacher", "quantize@student_kd", "quantize@student_pruned"} <= stages
-    assert {"evaluate@student_kd_int8", "benchmark@student_kd_int8", "report"} <= stages
+    assert {"evaluate@student_kd_int8", "benchmark", "report"} <= stages
     assert not stages & UPSTREAM
-    assert all(s.split("@")[0] in {"quantize", "evaluate", "benchmark", "report"} for s in stages), stages
+    allowed = {"quantize", "evaluate", "benchmark", "report", "fingerprint"}
+    assert all(s.split("@")[0] in allowed for s in stages), stages
 
 
-def test_bad_param_stops_stage_and_keeps_earlier_results(repo):
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_plots_render_offline_with_data(repo, tmp_path):
+    """`dvc plots show` -> HTML with Vega inlined; Chromium draws every plot with data, no network."""
     repo, _ = repo
-    set_params(repo, {"prune": {"ratio": 1.2}})
-    proc = dvc("repro", "prune", cwd=repo, check=False)
-    assert proc.returncode != 0
-    assert "prune.ratio=1.2" in proc.stdout + proc.stderr
-    assert (repo / "artifacts/student_kd/model.pt").exists() and (repo / "metrics/distill.json").exists()
+    dvc("plots", "show", "-o", str(tmp_path / "html"), cwd=repo)
+    page = (tmp_path / "html" / "index.html").read_text()
+    assert "cdn.jsdelivr.net" not in page
+    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom",
+                           (tmp_path / "html" / "index.html").as_uri()], capture_output=True, text=True, timeout=180)  # fmt: skip
+    dom = proc.stdout
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
+    vega_plots = [p for p in spec["plots"] if isinstance(p, dict)]
+    marks = re.findall(r'<div id="([^"]+)"[^>]*?data-marks="(\d+)"', dom)
+    assert not re.findall(r"data-error=", dom), dom[:2000]
+    assert len(marks) == len(vega_plots), (marks, [next(iter(p)) for p in vega_plots])
+    empty = [name for name, n in marks if int(n) == 0]
+    assert not empty, f"plots drawn without data: {empty}"
+    assert "<img" in dom  # pareto.png

@@ -2,59 +2,141 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.report import build_table, markdown, pareto_front
+from stages.lib import comparison, metrics, runtime, writeup
+
+NAMES = metrics.binary_ci_names(0.95, [1, 5])
+GUARDS = ["auroc", "fpr_at_recall_95pct"]
 
 
-def ev(recall, f1=0.8, test_sha="abc"):
-    return {"task": "binary", "recall": recall, "fnr": 1 - recall, "precision": 0.7, "f1": f1, "auroc": 0.9,
-            "ap": 0.8, "threshold": 0.3, "test_sha256": test_sha, "recall_ci95": [recall - 0.05, recall + 0.03]}  # fmt: skip
+def predictions(labels, score, threshold=0.5):
+    return pd.DataFrame({"sha256": np.arange(len(labels)).astype(str), "label": labels,
+                         "pred": (score >= threshold).astype(int), "score": score})  # fmt: skip
+
+
+def evaluated(pred, test_sha="abc"):
+    y, s, p = pred["label"].to_numpy(), pred["score"].to_numpy(), pred["pred"].to_numpy()
+    m = {**metrics.binary_metrics(s, y, 0.5), "task": "binary", "ap": metrics.average_precision(s, y),
+         "test_sha256": test_sha, "target_recall": 0.95}  # fmt: skip
+    m["fpr_at_recall_95pct"] = metrics.fpr_at_recall(s, y, 0.95)
+    m["recall_at_fpr_1pct"], m["recall_at_fpr_5pct"] = (
+        metrics.recall_at_fpr(s, y, 0.01),
+        metrics.recall_at_fpr(s, y, 0.05),
+    )
+    return m | {f"{k}_ci95": v for k, v in metrics.bootstrap_ci(y, p, s, NAMES, 200, 0).items()}
 
 
 def bench(latency, size):
-    return {"latency_ms_p50": latency, "latency_ms_p90": latency * 1.2, "throughput_img_s": 1000 / latency,
-            "size_mb": size, "param_count": 1, "peak_rss_mb": 100, "cost_usd_per_1m_images": 0.1}  # fmt: skip
+    return {"latency_ms_p50": latency, "latency_ms_p50_ci95": [latency * 0.98, latency * 1.02],
+            "latency_ms_p50_cov_pct": 1.0, "latency_ms_p90": latency * 1.2, "latency_ms_p99": latency * 1.3,
+            "throughput_img_s": 1000 / latency, "size_mb": size, "param_count": 1_000_000, "peak_rss_mb": 100,
+            "cost_usd_per_1m_images": 0.1, "runtime": "onnxruntime", "fingerprint_id": "x",
+            "settings": {**runtime.ORT_CPU, "threads": 2, "onnxruntime": "1.0"}}  # fmt: skip
 
 
-def test_deltas_against_reference():
-    table = build_table({"t": ev(0.96), "s": ev(0.94, f1=0.75)}, {"t": bench(10, 20), "s": bench(2.5, 5)}, "t")
-    assert table.loc["s", "recall_delta_pt"] == -2.0
-    assert table.loc["s", "f1_delta_pt"] == -5.0
-    assert table.loc["s", "speedup_x"] == 4.0 and table.loc["s", "size_ratio"] == 0.25
-    assert table.loc["t", "speedup_x"] == 1.0
-    assert table.loc["s", "recall_ci_low"] == pytest.approx(0.89)
+def rounds(latencies, noise=0.02, n=5, seed=0):
+    """Per-round p50 rows; a shared per-round factor (the machine's mood) multiplies every variant."""
+    rng = np.random.default_rng(seed)
+    mood = 1 + rng.normal(0, 0.2, n)
+    return pd.DataFrame([{"round": r + 1, "variant": v, "latency_ms_p50": ms * mood[r] * (1 + rng.normal(0, noise))}
+                         for v, ms in latencies.items() for r in range(n)])  # fmt: skip
 
 
-def test_paired_delta_intervals_from_predictions():
+@pytest.fixture
+def evidence():
     rng = np.random.default_rng(0)
     labels = (rng.random(400) < 0.3).astype(int)
-    score = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0, 1)
-    ref = pd.DataFrame(
-        {"sha256": np.arange(400).astype(str), "label": labels, "pred": (score > 0.5).astype(int), "score": score}
+    good = np.clip(rng.normal(0.3 + 0.45 * labels, 0.15), 0, 1)
+    noisy = np.clip(good + rng.normal(0, 0.004, 400), 0, 1)  # INT8-like: same ranking, tiny noise
+    broken = np.clip(rng.normal(0.45 + 0.1 * labels, 0.15), 0, 1)  # ranks defects far worse
+    preds = {
+        "teacher": predictions(labels, good),
+        "int8": predictions(labels, noisy),
+        "pruned": predictions(labels, broken),
+    }
+    lat = {"teacher": 10.0, "int8": 1.0, "pruned": 0.5}
+    return comparison.Evidence({v: evaluated(p) for v, p in preds.items()},
+                               {"teacher": bench(10, 20), "int8": bench(1, 5), "pruned": bench(0.5, 2)},
+                               rounds(lat), preds, draws=300, seed=0)  # fmt: skip
+
+
+def test_deltas_speedups_and_verdicts(evidence):
+    table = comparison.build_table(evidence, "teacher")
+    assert list(table.index) == ["teacher", "int8", "pruned"]  # the reference first
+    assert table.loc["teacher", "speedup_x"] == 1.0 and table.loc["teacher", "auroc_delta_pt_verdict"] == "same"
+    assert table.loc["int8", "auroc_delta_pt_verdict"] == "same"  # tiny noise: not distinguishable
+    assert table.loc["pruned", "auroc_delta_pt_verdict"] == "worse"
+    assert table.loc["pruned", "fpr_at_recall_95pct_delta_pt_verdict"] == "worse"  # more false alarms is worse
+    # paired over rounds: the shared per-round swings (20 %) cancel, the 10x stays tight
+    assert table.loc["int8", "speedup_x"] == pytest.approx(10, rel=0.05)
+    assert table.loc["int8", "speedup_x_ci_high"] / table.loc["int8", "speedup_x_ci_low"] < 1.1
+    assert table.loc["int8", "speedup_x_verdict"] == "better" and table.loc["int8", "size_ratio"] == 0.25
+
+
+def test_unpaired_rounds_would_be_wider(evidence):
+    lat = evidence.rounds.pivot(index="round", columns="variant", values="latency_ms_p50")
+    _, paired = metrics.paired_ratio(lat["teacher"], lat["int8"])
+    unpaired = metrics.paired_ratio(lat["teacher"], lat["int8"].sample(frac=1, random_state=1).to_numpy())[1]
+    assert paired[1] - paired[0] < unpaired[1] - unpaired[0]
+
+
+def test_verdict_directions():
+    assert comparison.verdict("auroc", (-3, -1)) == "worse" and comparison.verdict("auroc", (1, 3)) == "better"
+    assert comparison.verdict("fpr_at_recall_95pct", (1, 3)) == "worse"
+    assert comparison.verdict("fpr", (-0.5, 2)) == "same"
+    assert (
+        comparison.verdict("speedup_x", (1.5, 2.0)) == "better"
+        and comparison.verdict("speedup_x", (0.9, 1.2)) == "same"
     )
-    worse = ref.assign(pred=np.where(labels == 1, 0, ref["pred"]))  # misses every defect
-    table = build_table({"t": ev(0.9), "s": ev(0.0)}, {"t": bench(1, 1), "s": bench(1, 1)}, "t",
-                        {"t": ref, "s": worse}, draws=200, seed=0)  # fmt: skip
-    assert table.loc["t", "recall_delta_pt_ci_low"] == 0 and table.loc["t", "recall_delta_pt_ci_high"] == 0
-    assert table.loc["s", "recall_delta_pt_ci_high"] < -50
-    assert "Δrecall pt" in markdown(table)
+    assert comparison.verdict("auroc", (float("nan"), float("nan"))) == "same"
 
 
-def test_refuses_variants_evaluated_on_different_test_sets():
+def test_pareto_front_on_threshold_free_quality(evidence):
+    table = comparison.build_table(evidence, "teacher")
+    assert {"int8", "pruned"} <= set(comparison.pareto_front(table, "latency_ms_p50", "auroc"))
+    # a variant slower and worse-ranking than another is dominated, whatever its thresholded recall
+    slow = table.loc[["int8"]].assign(latency_ms_p50=5.0, auroc=table.loc["int8", "auroc"] - 0.01, recall=1.0)
+    both = pd.concat([table, slow.rename(index={"int8": "slow"})])
+    assert "slow" not in comparison.pareto_front(both, "latency_ms_p50", "auroc")
+    # false alarms at matched recall: lower is better
+    fpr = pd.DataFrame({"size_mb": [1.0, 2.0, 3.0], "fpr_at_recall_95pct": [0.30, 0.10, 0.20]}, index=["a", "b", "c"])
+    assert comparison.pareto_front(fpr, "size_mb", "fpr_at_recall_95pct") == ["a", "b"]
+
+
+def test_recommendation_skips_variants_that_are_distinguishably_worse(evidence):
+    table = comparison.build_table(evidence, "teacher")
+    pick, rule = comparison.recommend(table, GUARDS)
+    assert pick == "int8"  # pruned is faster but ranks worse
+    assert "not distinguishably worse" in rule
+
+
+def test_refuses_different_test_sets_half_measured_variants_and_unknown_reference(evidence):
+    ev = dict(evidence.evaluated, int8={**evidence.evaluated["int8"], "test_sha256": "xyz"})
     with pytest.raises(ValueError, match="different test sets"):
-        build_table({"t": ev(0.9), "s": ev(0.9, test_sha="xyz")}, {"t": bench(1, 1), "s": bench(1, 1)}, "t")
-
-
-def test_refuses_half_measured_variants_and_unknown_reference():
+        comparison.Evidence(ev, evidence.benchmarked, evidence.rounds, evidence.predictions)
     with pytest.raises(ValueError, match="not both"):
-        build_table({"t": ev(0.9), "s": ev(0.9)}, {"t": bench(1, 1)}, "t")
+        comparison.Evidence(evidence.evaluated, {"teacher": bench(1, 1)}, evidence.rounds, evidence.predictions)
     with pytest.raises(ValueError, match=r"report\.reference='x'"):
-        build_table({"t": ev(0.9)}, {"t": bench(1, 1)}, "x")
+        comparison.build_table(evidence, "x")
 
 
-def test_pareto_front():
-    table = build_table(
-        {"big": ev(0.97), "small": ev(0.95), "worse": ev(0.94)},
-        {"big": bench(10, 20), "small": bench(2, 5), "worse": bench(3, 6)},
-        "big",
-    )
-    assert set(pareto_front(table, "latency_ms_p50")) == {"big", "small"}
+def test_report_markdown_reads_everything_from_the_table(evidence):
+    table = comparison.build_table(evidence, "teacher")
+    steps = {"int8": {"before": "teacher", "after": "int8", "delta": evidence.compare("int8", "teacher")},
+             "pruning": {"before": "int8", "after": "pruned", "delta": evidence.compare("pruned", "int8")}}  # fmt: skip
+    pick, rule = comparison.recommend(table, GUARDS)
+    fp = {"id": "abc123", "cpu": "Test CPU", "cpu_id": "x/1/2/3", "usable_cpus": 2, "memory_gib": 8,
+          "cpu_flags": ["avx2"], "gpus": [], "os": "Linux", "python": "3.11", "libraries": {"onnxruntime": "1"}}  # fmt: skip
+    bench_json = {"variants": evidence.benchmarked, "rounds": 5, "threads": [1, 2], "batch_size": 32}
+    prepared = {"n_images": 1200, "test_images": 400, "test_defect": 120, "test_good": 280, "val_defect": 120,
+                **{f"{s}_images": 400 for s in ("train", "val")}}  # fmt: skip
+    params = {"prepare": {"dataset": "elpv", "val_fraction": 0.15, "test_fraction": 0.15},
+              "base": {"image_size": 128, "seed": 42}}  # fmt: skip
+    ctx = {"reference": "teacher", "guards": GUARDS, "names": ["recall", "fpr", "auroc", "fpr_at_recall_95pct"],
+           "steps": steps, "recommended": pick, "rule": rule, "fingerprint": fp, "bench": bench_json,
+           "prepared": prepared, "info": {"task": "binary", "classes": ["good", "defect"]}, "params": params,
+           "target_recall": 0.95}  # fmt: skip
+    text = writeup.render(table, ctx)
+    assert "first that costs quality is **pruning**" in text
+    assert f"**`{pick}`**" in text and "abc123" in text and "▼" in text
+    auroc = table.loc["pruned", "auroc"]
+    assert f"{auroc:.3f}" in text  # numbers come from the table

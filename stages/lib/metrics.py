@@ -5,10 +5,12 @@ to the test split: choosing it on test would overstate recall.
 """
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+from scipy.stats import t as student_t
 from sklearn.metrics import average_precision_score, f1_score, recall_score, roc_auc_score, roc_curve
 
 
@@ -75,10 +77,54 @@ def average_precision(scores, labels):
     return round(float(average_precision_score(labels, scores)), 4)
 
 
+def pct_name(stem, fraction):
+    """'recall_at_fpr', 0.01 -> 'recall_at_fpr_1pct'; 'fpr_at_recall', 0.95 -> 'fpr_at_recall_95pct'."""
+    return f"{stem}_{round(100 * fraction, 4):g}pct"
+
+
+def _curve_metric(name):
+    """('recall_at_fpr' | 'fpr_at_recall', fraction) for a name made by pct_name, else None."""
+    m = re.fullmatch(r"(recall_at_fpr|fpr_at_recall)_([0-9.]+)pct", name)
+    return (m.group(1), float(m.group(2)) / 100) if m else None
+
+
+def roc_rows(labels, scores):
+    """Vectorised ROC: row-wise (tpr, fpr, operable) for 2-D labels/scores (one row per resample).
+
+    Points are the cumulative counts after each image, most suspicious first; `operable` marks the
+    last image of each group of tied scores, the only places a threshold can be put.
+    """
+    order = np.argsort(-scores, axis=1, kind="stable")
+    y = np.take_along_axis(labels, order, 1)
+    s = np.take_along_axis(scores, order, 1)
+    tp, fp = np.cumsum(y == 1, 1), np.cumsum(y == 0, 1)
+    operable = np.ones(s.shape, dtype=bool)
+    operable[:, :-1] = s[:, :-1] != s[:, 1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tp / tp[:, -1:], fp / fp[:, -1:], operable
+
+
+def curve_metric(name, labels, scores):
+    """Threshold-free operating points, row-wise: best recall at FPR <= x, or lowest FPR at recall >= r.
+
+    `fpr_at_recall_95pct` is quality at matched recall: the false alarms a screen must accept to
+    catch 95 % of the defects, whatever threshold that takes.
+    """
+    kind, x = _curve_metric(name)
+    tpr, fpr, operable = roc_rows(np.atleast_2d(labels), np.atleast_2d(scores))
+    if kind == "recall_at_fpr":
+        return np.where(operable & (fpr <= x + 1e-12), tpr, 0.0).max(1)  # no operable point: recall 0
+    return np.where(operable & (tpr >= x - 1e-12), fpr, np.inf).min(1)  # the last point has recall 1
+
+
 def recall_at_fpr(scores, labels, max_fpr):
     """Best defect recall among thresholds whose false-alarm rate stays <= max_fpr."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return round(float(tpr[fpr <= max_fpr + 1e-12].max()), 4)
+    return round(float(curve_metric(pct_name("recall_at_fpr", max_fpr), labels, scores)[0]), 4)
+
+
+def fpr_at_recall(scores, labels, min_recall):
+    """Lowest false-alarm rate among thresholds that catch at least `min_recall` of the defects."""
+    return round(float(curve_metric(pct_name("fpr_at_recall", min_recall), labels, scores)[0]), 4)
 
 
 def multiclass_metrics(probs, labels, classes):
@@ -106,22 +152,36 @@ def multiclass_metrics(probs, labels, classes):
 
 # --- Bootstrap: resample test images with replacement, recompute, take the 2.5/97.5 percentiles ---
 
-BINARY_CI = ("recall", "precision", "f1", "auroc")
 MULTICLASS_CI = ("macro_recall", "accuracy", "macro_f1")
+
+
+def binary_ci_names(target_recall, fixed_fpr_pct):
+    """What gets a bootstrap interval for a binary screen: the operating point (recall, FPR at the
+    validation threshold), precision/F1, and the threshold-free AUROC, FPR at matched recall and
+    recall at fixed false-alarm rates."""
+    names = ["recall", "fpr", "precision", "f1", "auroc", pct_name("fpr_at_recall", target_recall)]
+    return tuple(names + [pct_name("recall_at_fpr", pct / 100) for pct in fixed_fpr_pct])
 
 
 def _draws(labels, pred, score, idx, names, num_classes):
     """Each metric in `names` on every resample (rows of idx): arrays of shape (draws,)."""
     y, p = labels[idx], pred[idx]
     out = {}
-    if "recall" in names or "precision" in names or "f1" in names:
+    if {"recall", "fpr", "precision", "f1"} & set(names):
         tp = ((p == 1) & (y == 1)).sum(1)
         fp = ((p == 1) & (y == 0)).sum(1)
         fn = ((p == 0) & (y == 1)).sum(1)
+        tn = ((p == 0) & (y == 0)).sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["recall"] = tp / (tp + fn)
+            out["fpr"] = fp / (fp + tn)
             out["precision"] = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
             out["f1"] = 2 * tp / (2 * tp + fp + fn)
+    for name in names:
+        if _curve_metric(name):
+            values = curve_metric(name, y, score[idx])
+            has_both = (y == 1).any(1) & (y == 0).any(1)
+            out[name] = np.where(has_both, values, np.nan)
     if "auroc" in names:
         ranks = rankdata(score[idx], axis=1)  # ties get their average rank, as in sklearn
         npos = y.sum(1)
@@ -198,3 +258,35 @@ def breakdown(table, attributes, labels, pred, task):
                 entry["accuracy"] = round(float(np.mean(pred[m] == labels[m])), 4)
             out[attr][value] = entry
     return out
+
+
+# --- Benchmark rounds: each round timed every variant once, in its own process ---
+
+
+def t_quantile(n):
+    """Two-sided 95 % Student t quantile for n observations (n - 1 degrees of freedom)."""
+    return float(student_t.ppf(0.975, n - 1))
+
+
+def summarise(values):
+    """Median over rounds, coefficient of variation (%), and a 95 % t-interval of the mean."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return {"median": float(v[0]), "cov_pct": float("nan"), "ci95": [float("nan"), float("nan")]}
+    mean, sd = v.mean(), v.std(ddof=1)
+    half = t_quantile(len(v)) * sd / math.sqrt(len(v))
+    return {"median": float(np.median(v)), "cov_pct": float(100 * sd / mean), "ci95": [mean - half, mean + half]}
+
+
+def paired_ratio(before, after):
+    """Speed-up before/after from per-round pairs: geometric mean and 95 % t-interval of log ratios.
+
+    Both variants were measured in the same rounds, so a round where the machine was slow
+    for everyone cancels out of the ratio.
+    """
+    r = np.log(np.asarray(before, dtype=float) / np.asarray(after, dtype=float))
+    point = math.exp(r.mean())
+    if len(r) < 2:
+        return point, [float("nan"), float("nan")]
+    half = t_quantile(len(r)) * r.std(ddof=1) / math.sqrt(len(r))
+    return point, [math.exp(r.mean() - half), math.exp(r.mean() + half)]

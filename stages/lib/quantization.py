@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -31,7 +32,31 @@ def export_onnx(model, path, image_size, opset=18):
         torch.onnx.export(model, example, str(path), input_names=["image"], output_names=["logits"],
                           dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
                           external_data=False, verbose=False)  # fmt: skip
+    strip_debug_info(path)
     return Path(path)
+
+
+def strip_debug_info(path):
+    """Drop what the exporter records for debugging (source file paths, stack traces, FX node text).
+
+    Those strings hold absolute paths, so the same model.pt exported from two clones gave two
+    different files, and DVC re-ran everything downstream. Without them the export is byte-identical.
+    """
+    model = onnx.load(str(path))
+    for nodes in [model.graph.node, *(f.node for f in model.functions)]:
+        _strip_nodes(nodes)
+    model.graph.doc_string = ""
+    del model.metadata_props[:]
+    onnx.save(model, str(path))
+
+
+def _strip_nodes(nodes):
+    for node in nodes:
+        del node.metadata_props[:]
+        node.doc_string = ""
+        for attr in node.attribute:  # control-flow subgraphs (If, Loop, Scan)
+            for graph in [attr.g, *attr.graphs]:
+                _strip_nodes(graph.node)
 
 
 class ImageReader(CalibrationDataReader):

@@ -1,42 +1,63 @@
 """Run any variant the same way: float32 NCHW images in [0, 1] -> logits, on CPU or GPU.
 
-torch is imported only for PyTorch variants, so a process that benchmarks an ONNX
-Runtime variant holds ORT's memory alone, as it would in deployment.
+torch is imported only for PyTorch variants, so a process that runs an ONNX Runtime
+variant holds ORT's memory alone, as it would in deployment. Each runner records the
+runtime settings it used (`settings`), so a benchmark result says how it was measured.
 """
 
 import numpy as np
 
 RUNTIMES = ("torch", "onnxruntime")
 
+# ONNX Runtime CPU settings for every session (evaluate and benchmark alike). Intra-op threads
+# spin-wait between operators (ORT's default): lower, steadier batch-1 latency at the price of
+# CPU time burnt while waiting. One inter-op thread: operators run in sequence.
+ORT_CPU = {"inter_op_num_threads": 1, "execution_mode": "sequential", "graph_optimization": "all",
+           "intra_op_allow_spinning": True}  # fmt: skip
+
 
 class TorchRunner:
-    def __init__(self, path, threads, device="cpu"):
+    def __init__(self, path, threads, device="cpu", channels_last=False):
         import torch
 
         from stages.lib import models
 
         torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)  # only settable once per process, before parallel work
+        except RuntimeError:
+            pass
         self.torch, self.device = torch, device
         self.model, self.card = models.load(path)
-        self.model.to(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(device, memory_format=self.memory_format)
         self.param_count = models.param_count(self.model)
+        self.settings = {"threads": threads, "interop_threads": torch.get_num_interop_threads(),
+                         "channels_last": channels_last, "mode": "eager, inference_mode", "device": device,
+                         "torch": torch.__version__}  # fmt: skip
 
     def __call__(self, x):
         with self.torch.inference_mode():
-            out = self.model(self.torch.from_numpy(x).to(self.device))
+            xt = self.torch.from_numpy(x).to(self.device).contiguous(memory_format=self.memory_format)
+            out = self.model(xt)
             if self.device != "cpu":
                 self.torch.cuda.synchronize()
             return out.float().cpu().numpy()
 
 
 class OrtRunner:
-    def __init__(self, path, threads, device="cpu"):
+    def __init__(self, path, threads, device="cpu", channels_last=False):
         import onnx
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+        opts.inter_op_num_threads = ORT_CPU["inter_op_num_threads"]
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if ORT_CPU["intra_op_allow_spinning"] else "0"
+        )
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.input = self.session.get_inputs()[0].name
@@ -45,14 +66,16 @@ class OrtRunner:
         self.param_count = sum(
             int(np.prod(t.dims)) for t in graph.initializer if not t.name.endswith(("_scale", "_zero_point"))
         )
+        self.settings = {"threads": threads, **ORT_CPU, "providers": self.session.get_providers(),
+                         "onnxruntime": ort.__version__}  # fmt: skip
 
     def __call__(self, x):
         return self.session.run(None, {self.input: x})[0]
 
 
-def load_runner(path, runtime, threads, device="cpu"):
+def load_runner(path, runtime, threads, device="cpu", channels_last=False):
     cls = {"torch": TorchRunner, "onnxruntime": OrtRunner}[runtime]
-    return cls(path, threads, device)
+    return cls(path, threads, device, channels_last)
 
 
 def gpu_available(runtime):

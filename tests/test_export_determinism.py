@@ -1,0 +1,49 @@
+"""The same model.pt gives byte-identical fp32.onnx and int8.onnx, wherever the code lives.
+
+DVC decides what to rerun by file hashes: a non-deterministic export would rerun evaluate and
+benchmark of an unchanged model in every fresh clone (the exporter used to embed absolute
+source paths). Two copies of the code in two directories export and quantize the same
+checkpoint in separate processes; the files must be identical.
+"""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from stages.lib import models
+from tests.conftest import ROOT
+
+SCRIPT = """
+import sys
+import numpy as np
+from stages.lib import models, quantization
+model, _ = models.load(sys.argv[1])
+fp32 = quantization.export_onnx(model, sys.argv[2] + "/fp32.onnx", 64)
+calib = np.random.default_rng(0).random((8, 3, 64, 64), dtype=np.float32)
+quantization.quantize_int8(fp32, sys.argv[2] + "/int8.onnx", calib)
+"""
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_export_and_int8_are_byte_identical_across_clones(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("tf_efficientnet_lite0", 2)
+    card = models.make_card("tf_efficientnet_lite0", "none", 64, model, ["good", "defect"])
+    models.save(tmp_path / "ckpt", model, card)
+    outs = []
+    for clone in ("clone_a", "nested/clone_b"):
+        code = tmp_path / clone
+        shutil.copytree(ROOT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+        out = tmp_path / f"out_{len(outs)}"
+        out.mkdir()
+        subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "ckpt/model.pt"), str(out)], cwd=code,
+                       check=True, capture_output=True)  # fmt: skip
+        outs.append(out)
+    for name in ("fp32.onnx", "int8.onnx"):
+        assert sha(outs[0] / name) == sha(outs[1] / name), name
