@@ -91,13 +91,20 @@ def pareto_points(table, quality):
     })  # fmt: skip
 
 
-def headline(table, reference, recommended, guards):
-    """The compact metrics `dvc exp show` lists: the reference and the recommended variant."""
+def headline(table, reference, recommended, quality_cols):
+    """The compact metrics `dvc exp show` lists (narrow enough for a 200-column terminal): the recommended
+    variant's quality at its operating point, AUROC, latency and size, the reference's AUROC and latency."""
     rec, ref = table.loc[recommended], table.loc[reference]
-    pick = {g: round(float(rec[g]), 4) for g in guards}
-    return {"recommended": recommended, "rec": {**pick, "ms": rec["latency_ms_p50"], "speedup_x": rec["speedup_x"],
-            "mb": rec["size_mb"]}, "ref": {**{g: round(float(ref[g]), 4) for g in guards}, "ms": ref["latency_ms_p50"]},
-            "max_cov_pct": round(float(table["latency_ms_p50_cov_pct"].max()), 2)}  # fmt: skip
+    return {
+        "recommended": recommended,
+        "rec": {
+            **{q: round(float(rec[q]), 4) for q in quality_cols},
+            "ms": rec["latency_ms_p50"],
+            "mb": rec["size_mb"],
+        },
+        "ref": {quality_cols[-1]: round(float(ref[quality_cols[-1]]), 4), "ms": ref["latency_ms_p50"]},
+        "max_cov_pct": round(float(table["latency_ms_p50_cov_pct"].max()), 2),
+    }
 
 
 def main():
@@ -131,7 +138,8 @@ def main():
     plot(table, quality, out / "pareto.png")
     write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
                               "recommended": recommended, "rule": rule, "quality": quality})  # fmt: skip
-    write_json(args.headline, headline(table, reference, recommended, guards))
+    quality_cols = ["recall", "fpr", "auroc"] if ev.task == "binary" else ["accuracy", "macro_recall"]
+    write_json(args.headline, headline(table, reference, recommended, quality_cols))
     ctx = {"reference": reference, "guards": guards, "names": names, "steps": steps, "recommended": recommended,
            "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
            "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),

@@ -10,6 +10,7 @@ else), that a quantization knob reruns only quantize and what follows it, and th
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,12 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     for f in ("comparison.csv", "pareto.csv", "pareto.png"):
         assert (repo / "plots/report" / f).stat().st_size > 0
     assert "rec.auroc" in dvc("metrics", "show", cwd=repo).stdout
+    # The README's `dvc exp show` command for the headline fits a 200-column terminal.
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("dvc exp show --drop"))
+    args = shlex.split(line.split("  #")[0])[1:]
+    shown = dvc(*args, "--no-pager", cwd=repo, env={"COLUMNS": "200"}).stdout
+    assert "rec.auroc" in shown and "ref.ms" in shown and "…" not in shown, shown
+    assert max(map(len, shown.splitlines())) <= 200, shown
 
 
 def test_second_repro_runs_only_the_fingerprint(repo):
