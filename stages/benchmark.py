@@ -130,6 +130,7 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
             "cost_usd_per_1m_images": round(core_hours * b["core_hour_usd"], 4),
             "threads": main_threads,
             "runtime": spec["runtime"],
+            "torch_imported": last[name]["torch_imported"],
             "settings": last[name]["settings"],
             "fingerprint_id": fingerprint_id,
         }

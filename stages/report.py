@@ -118,10 +118,9 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     bench = json.loads(Path(args.benchmark).read_text())
-    rounds = pd.read_csv(args.rounds_csv)
-    rounds = rounds[rounds["threads"].astype(str) == str(bench["threads"][-1])]
-    ev = comparison.Evidence(read_dir(args.evaluate_dir), bench["variants"], rounds,
-                             read_dir(args.predictions_dir, ".csv"), p["evaluate"]["bootstrap"], p["base"]["seed"])  # fmt: skip
+    ev = comparison.Evidence(read_dir(args.evaluate_dir), bench["variants"], pd.read_csv(args.rounds_csv),
+                             read_dir(args.predictions_dir, ".csv"), p["evaluate"]["bootstrap"], p["base"]["seed"],
+                             bench["threads"][-1])  # fmt: skip
     quality, guards = check(p, ev)
     reference = p["report"]["reference"]
     table = comparison.build_table(ev, reference)

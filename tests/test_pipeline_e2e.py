@@ -106,12 +106,14 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
         assert b["latency_ms_p50"] > 0 and b["size_mb"] > 0 and b["peak_rss_mb"] > 0, v
         lo, hi = b["latency_ms_p50_ci95"]
         assert lo <= hi and b["latency_ms_p50_cov_pct"] >= 0 and b["fingerprint_id"] == fingerprint["id"]
+        assert b["torch_imported"] == (b["runtime"] == "torch"), v  # ORT variants run without torch
     rounds = (repo / "plots/benchmark/rounds.csv").read_text().splitlines()
     assert len(rounds) == 1 + TINY["benchmark"]["rounds"] * len(variants) * 2  # threads 1 and base.threads
 
     report = json.loads((repo / "metrics/report.json").read_text())
     table = report["variants"]
     assert set(table) == set(variants) and table["teacher_fp32"]["speedup_x"] == 1.0
+    assert table["teacher_fp32"]["speedup_x_1t"] == 1.0
     assert table["teacher_fp32"]["auroc_delta_pt_ci_low"] == 0  # paired with itself
     assert {"runtime", "int8", "pruning", "distillation"} <= set(report["steps"]) and report["recommended"] in variants
     headline = json.loads((repo / "metrics/headline.json").read_text())

@@ -37,7 +37,8 @@ def rounds(latencies, noise=0.02, n=5, seed=0):
     """Per-round p50 rows; a shared per-round factor (the machine's mood) multiplies every variant."""
     rng = np.random.default_rng(seed)
     mood = 1 + rng.normal(0, 0.2, n)
-    return pd.DataFrame([{"round": r + 1, "variant": v, "latency_ms_p50": ms * mood[r] * (1 + rng.normal(0, noise))}
+    return pd.DataFrame([{"round": r + 1, "variant": v, "threads": 2,
+                          "latency_ms_p50": ms * mood[r] * (1 + rng.normal(0, noise))}
                          for v, ms in latencies.items() for r in range(n)])  # fmt: skip
 
 
@@ -56,7 +57,7 @@ def evidence():
     lat = {"teacher": 10.0, "int8": 1.0, "pruned": 0.5}
     return comparison.Evidence({v: evaluated(p) for v, p in preds.items()},
                                {"teacher": bench(10, 20), "int8": bench(1, 5), "pruned": bench(0.5, 2)},
-                               rounds(lat), preds, draws=300, seed=0)  # fmt: skip
+                               rounds(lat), preds, draws=300, seed=0, threads=2)  # fmt: skip
 
 
 def test_deltas_speedups_and_verdicts(evidence):

@@ -33,10 +33,11 @@ class Evidence:
 
     evaluated: dict  # variant -> evaluate metrics
     benchmarked: dict  # variant -> benchmark summary
-    rounds: pd.DataFrame  # one row per round and variant (latency at the main thread count)
+    rounds: pd.DataFrame  # one row per round, variant and thread count (benchmark's rounds.csv)
     predictions: dict  # variant -> DataFrame(sha256, label, pred, score)
     draws: int = 1000
     seed: int = 0
+    threads: int = 1  # the benchmark's main thread count (base.threads): speed-ups without a suffix
 
     def __post_init__(self):
         missing = sorted(set(self.evaluated) ^ set(self.benchmarked))
@@ -53,9 +54,9 @@ class Evidence:
         if name not in self.evaluated:
             raise ValueError(f"{key}={name!r} is not an evaluated variant; expected one of {sorted(self.evaluated)}")
 
-    def latencies(self, variant):
-        """p50 latency per round (index: round) at the benchmark's main thread count."""
-        rows = self.rounds[self.rounds["variant"] == variant]
+    def latencies(self, variant, threads):
+        """p50 latency per round (index: round) at `threads` threads."""
+        rows = self.rounds[(self.rounds["variant"] == variant) & (self.rounds["threads"].astype(str) == str(threads))]
         return rows.set_index("round")["latency_ms_p50"].sort_index()
 
     def compare(self, after, before):
@@ -74,11 +75,15 @@ class Evidence:
             for name, (lo, hi) in ci.items():
                 out[f"{name}_delta_pt_ci95"] = [round(lo * 100, 2), round(hi * 100, 2)]
                 out[f"{name}_delta_pt_verdict"] = verdict(name, (lo, hi))
-        la, lb = self.latencies(after), self.latencies(before)
-        common = la.index.intersection(lb.index)
-        speedup, ci = metrics.paired_ratio(lb[common].to_numpy(), la[common].to_numpy())
-        out["speedup_x"], out["speedup_x_ci95"] = round(speedup, 3), [round(x, 3) for x in ci]
-        out["speedup_x_verdict"] = verdict("speedup_x", ci)
+        for n, suffix in ((self.threads, ""), (1, "_1t")):
+            la, lb = self.latencies(after, n), self.latencies(before, n)
+            common = la.index.intersection(lb.index)
+            if len(common) == 0 or (suffix and self.threads == 1):
+                continue
+            speedup, ci = metrics.paired_ratio(lb[common].to_numpy(), la[common].to_numpy())
+            key = f"speedup_x{suffix}"
+            out[key], out[f"{key}_ci95"] = round(speedup, 3), [round(x, 3) for x in ci]
+            out[f"{key}_verdict"] = verdict("speedup_x", ci)
         out["size_ratio"] = round(self.benchmarked[after]["size_mb"] / self.benchmarked[before]["size_mb"], 3)
         return out
 

@@ -13,6 +13,7 @@ benchmark's wall time grows linearly with the number of variants, not with their
 import argparse
 import json
 import resource
+import sys
 import time
 
 import numpy as np
@@ -64,6 +65,7 @@ def run_variant(model, runtime_name, threads, image_size, batch_size, seconds, m
         result.update(measure(gpu, image_size, batch_size, seconds, min_calls, warmup, prefix="gpu_"))
         result["gpu_settings"] = gpu.settings
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    result["torch_imported"] = "torch" in sys.modules  # ONNX Runtime variants must run without it
     return result
 
 

@@ -11,6 +11,8 @@ from stages.lib import metrics
 MARK = {"better": " ▲", "worse": " ▼", "same": ""}
 LEGEND = ("▲ / ▼: the paired 95 % interval excludes no change, so the difference is distinguishable "
           "(better / worse); no mark: not distinguishable on this test set.")  # fmt: skip
+SPEED_LEGEND = ("Speed-ups are paired: per-round ratios of the two variants' p50 latencies, then a 95 % t-interval of "
+                "their logs over rounds; ▲ / ▼: the interval excludes 1x.")  # fmt: skip
 NAMES = {"fpr": "FPR %", "recall": "recall %", "auroc": "AUROC", "ap": "AP", "precision": "precision", "f1": "F1",
          "macro_recall": "macro recall %", "accuracy": "accuracy %", "macro_f1": "macro F1 %"}  # fmt: skip
 
@@ -79,6 +81,9 @@ def cost_table(table, reference):
     show[f"speed-up vs {reference} [paired CI]"] = [
         fmt_speedup(r["speedup_x"], interval(r, "speedup_x"), r["speedup_x_verdict"]) for _, r in table.iterrows()
     ]
+    if "speedup_x_1t" in table:
+        show["speed-up, 1 thread"] = [fmt_speedup(r["speedup_x_1t"], interval(r, "speedup_x_1t"),
+                                                  r["speedup_x_1t_verdict"]) for _, r in table.iterrows()]  # fmt: skip
     show["img/s (batch)"] = table["throughput_img_s"].map(lambda v: f"{v:.0f}")
     show["size MB"] = table["size_mb"].map(lambda v: f"{v:.2f}")
     show["params M"] = (table["param_count"] / 1e6).map(lambda v: f"{v:.2f}")
@@ -114,6 +119,10 @@ def steps_table(steps, guards):
             key = f"{g}_delta_pt"
             row[f"Δ {label(g)}, pt"] = fmt_delta(d[key], d.get(f"{key}_ci95"), d.get(f"{key}_verdict", "same"))
         row["speed-up"] = fmt_speedup(d["speedup_x"], d["speedup_x_ci95"], d["speedup_x_verdict"])
+        if "speedup_x_1t" in d:
+            row["speed-up, 1 thread"] = fmt_speedup(
+                d["speedup_x_1t"], d["speedup_x_1t_ci95"], d["speedup_x_1t_verdict"]
+            )
         row["size"] = f"{d['size_ratio']:.2f}x"
         rows.append(row)
     return pd.DataFrame(rows).set_index("step").to_markdown() + "\n"
@@ -189,7 +198,7 @@ def render(table, ctx):
     out += ["", "## Quality on the test split", "",
             "Brackets: bootstrap 95 % intervals over test images; Δ columns are paired against "
             f"`{ref}` on the same resamples. {LEGEND}", "", quality_table(table, ctx["names"], guards, ref)]  # fmt: skip
-    out += ["## Cost", "", f"Speed-up brackets: paired over benchmark rounds. {LEGEND}", "", cost_table(table, ref)]
+    out += ["## Cost", "", SPEED_LEGEND, "", cost_table(table, ref)]
     out += ["## What each step bought and cost", "", "Each step compares two variants directly (not via the "
             "reference), paired on the same test images and the same benchmark rounds.", "", steps_table(steps, guards)]  # fmt: skip
     for name, s in steps.items():
