@@ -3,9 +3,10 @@
     python -m stages.benchmark metrics/fingerprint.json metrics/benchmark.json plots/benchmark/rounds.csv \
         --teacher_fp32.model artifacts/teacher/model.pt --teacher_fp32.runtime torch ...
 
-`benchmark.rounds` rounds; in each, every variant runs once in its own fresh process
-(`stages.lib.timing`), in a seeded shuffled order, after warm-up: batch-1 latency p50/p90/p99
-and batch-N throughput at 1 thread and at `base.threads`. Per variant this writes the median
+`benchmark.warmup_rounds` unrecorded rounds, then `benchmark.rounds` rounds; in each, every
+variant runs once in its own fresh process (`stages.lib.timing`), in a seeded shuffled order,
+after warm-up calls: batch-1 latency p50/p90/p99 and batch-N throughput at 1 thread and at
+`base.threads`. Per variant this writes the median
 over rounds, the coefficient of variation and a 95 % interval; the per-round rows go to a CSV
 so the report can compute paired speed-ups (both variants measured in the same rounds).
 The result names the machine fingerprint it was measured on; a new fingerprint re-measures all.
@@ -14,6 +15,7 @@ The result names the machine fingerprint it was measured on; a new fingerprint r
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +33,8 @@ log = logging.getLogger("benchmark")
 def check(p):
     params.check_base(p["base"])
     b = p["benchmark"]
-    params.check_int("benchmark.rounds", b["rounds"], 1)
+    params.check_int("benchmark.rounds", b["rounds"], 2)  # a CoV and an interval need two
+    params.check_int("benchmark.warmup_rounds", b["warmup_rounds"], 0)
     params.check_range("benchmark.seconds", b["seconds"], 0, 60, lo_inclusive=False)
     params.check_int("benchmark.min_calls", b["min_calls"], 1)
     params.check_int("benchmark.warmup", b["warmup"], 0)
@@ -75,14 +78,24 @@ def worker(spec, threads, image_size, b, channels_last):
 
 
 def run_rounds(variants, threads, image_size, b, seed, channels_last):
-    """Tidy rows: one per (round, variant, thread count), plus the last result of each variant."""
+    """Tidy rows: one per (round, variant, thread count), plus the last result of each variant.
+
+    Rounds numbered 0 and below are warm-up rounds: run the same way, not recorded. They absorb
+    what earlier stages leave behind (dirty pages being written back, model files and libraries
+    not yet in the page cache), which otherwise lands on the first measured round.
+    """
+    os.sync()  # earlier stages' outputs go to disk now, not while we time
     rng = np.random.default_rng(seed)
     rows, last = [], {}
     names = list(variants)
-    bar = tqdm(total=b["rounds"] * len(names), desc="benchmark", leave=False)
-    for r in range(1, b["rounds"] + 1):
+    bar = tqdm(total=(b["warmup_rounds"] + b["rounds"]) * len(names), desc="benchmark", leave=False)
+    for r in range(1 - b["warmup_rounds"], b["rounds"] + 1):
         for position, name in enumerate(rng.permutation(names)):
-            res = last[name] = worker(variants[name], threads, image_size, b, channels_last)
+            res = worker(variants[name], threads, image_size, b, channels_last)
+            bar.update()
+            if r < 1:
+                continue
+            last[name] = res
             for n in threads:
                 rows.append({"round": r, "position": position, "variant": name, "threads": n,
                              **{k.removeprefix(f"t{n}_"): res[k] for k in res if k.startswith(f"t{n}_")},
@@ -90,8 +103,7 @@ def run_rounds(variants, threads, image_size, b, seed, channels_last):
             if any(k.startswith("gpu_") for k in res):
                 rows.append({"round": r, "position": position, "variant": name, "threads": "gpu",
                              **{k.removeprefix("gpu_"): res[k] for k in res if k.startswith("gpu_")}})  # fmt: skip
-            bar.update()
-        log.info("round %d/%d done", r, b["rounds"])
+        log.info("round %d/%d done%s", r, b["rounds"], " (warm-up, not recorded)" if r < 1 else "")
     bar.close()
     return pd.DataFrame(rows), last
 

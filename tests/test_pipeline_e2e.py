@@ -27,7 +27,7 @@ TINY = {
     "prune": {"epochs": 1},
     "quantize": {"calibration_images": 8},
     "evaluate": {"bootstrap": 200},
-    "benchmark": {"rounds": 2, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
+    "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
 }
 UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
