@@ -1,12 +1,18 @@
-"""prune: structured channel pruning of the distilled student, then a short KD fine-tune.
+"""prune: structured channel pruning of the distilled student, with KD fine-tunes.
 
     python -m stages.prune data/prepared artifacts/student_kd/model.pt artifacts/teacher/model.pt \
-        artifacts/student_pruned plots/train/student_pruned metrics/prune.json
+        artifacts/student_pruned plots/train/student_pruned metrics/prune/student_pruned.json
+
+Importance, uniform/global ratio, one-shot or iterative (a KD fine-tune after every step) and
+the fine-tune budget come from params `prune` (see lib/pruning). The stem and the classifier
+are never pruned. `prune_sweep` runs the same with the ratio given on the command line.
 """
 
 import argparse
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 from stages.lib import data, models, params, pruning, training
 from stages.lib.outputs import write_json
@@ -14,44 +20,65 @@ from stages.lib.outputs import write_json
 log = logging.getLogger("prune")
 
 
-def check(p):
+def check(p, ratio=None):
     params.check_base(p["base"])
     training.check_recipe(p["train"])
-    sec = p["prune"]
-    params.check_range("prune.ratio", sec["ratio"], 0, 1, hi_inclusive=False)
-    params.check_int("prune.epochs", sec["epochs"], 1)
-    params.check_int("prune.round_to", sec["round_to"], 1)
+    sec = {**p["prune"], "ratio": p["prune"]["ratio"] if ratio is None else ratio}
+    pruning.check(sec)
     training.check_kd("distill", p["distill"])
     return sec
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir")
-    parser.add_argument("student", help="model.pt of the distilled student")
-    parser.add_argument("teacher", help="model.pt of the fine-tuned teacher")
-    parser.add_argument("out_dir", help="folder for model.pt and card.json")
-    parser.add_argument("live_dir", help="dvclive folder for per-epoch curves")
-    parser.add_argument("metrics")
-    args = parser.parse_args()
-    p = params.load()
-    sec = check(p)
+def parser(doc, sweep=False):
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if sweep:
+        ap.add_argument("ratio_pct", type=int, help="share of channels removed, in percent (prune.sweep item)")
+    ap.add_argument("data_dir")
+    ap.add_argument("student", help="model.pt of the distilled student")
+    ap.add_argument("teacher", help="model.pt of the fine-tuned teacher")
+    ap.add_argument("out_dir", help="folder for model.pt and card.json")
+    ap.add_argument("live_dir", help="dvclive folder for the per-epoch curves of the last fine-tune")
+    ap.add_argument("metrics")
+    return ap
+
+
+def run(p, sec, args):
+    """Load -> prune (with fine-tunes between and after steps) -> save model, card and metrics."""
     params.setup(p["base"])
     size = p["base"]["image_size"]
-
     student, card = models.load(args.student)
     teacher, _ = training.frozen_teacher(args.teacher)
-    student, stats = pruning.prune_channels(student, sec["ratio"], size, sec["round_to"])
-
-    # Recover accuracy with the distillation loss, a lower LR and fewer epochs than training.
-    recipe = {**p["train"], "epochs": sec["epochs"], "lr": p["train"]["lr"] * sec["lr_scale"]}
     train_xy = data.load_split(args.data_dir, "train", size)
     val_xy = data.load_split(args.data_dir, "val", size)
+    n_calib = 16 * sec["taylor_batches"]
+    calib = (data.to_float(train_xy[0][:n_calib]), train_xy[1][:n_calib])
+    steps = sec["iterative_steps"]
+    history = []
+
+    def finetune(model, step, epochs):
+        # Recover with the distillation loss at a lower LR; only the last fine-tune's curves are kept.
+        recipe = {**p["train"], "epochs": epochs, "lr": p["train"]["lr"] * sec["lr_scale"]}
+        with tempfile.TemporaryDirectory() as scratch:
+            live = args.live_dir if step == steps - 1 else scratch
+            model, best = training.fit(model, train_xy, val_xy, recipe, live, p["base"], teacher, p["distill"])
+        history.append(best)
+        return model
+
     start = time.perf_counter()
-    student, best = training.fit(student, train_xy, val_xy, recipe, args.live_dir, p["base"], teacher, p["distill"])
+    student, stats = pruning.prune_structured(student, size, sec, finetune, calib)
     minutes = (time.perf_counter() - start) / 60
-    card = models.save(args.out_dir, student, {**card, **best, "pruned": {"ratio": sec["ratio"], **stats}})
-    write_json(args.metrics, {**stats, **best, "param_count": card["param_count"], "train_minutes": round(minutes, 2)})
+    best = history[-1]  # the last fine-tune: best epoch and its val AUROC
+    setting = {k: sec[k] for k in ("ratio", "importance", "scope", "max_ratio", "iterative_steps", "epochs")}
+    setting["source_model"] = Path(args.student).parent.name  # the unpruned model it is compared with
+    card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})
+    write_json(args.metrics, {**setting, **stats, **best, "val_auroc_per_step": [h["val_auroc"] for h in history],
+                              "param_count": card["param_count"], "train_minutes": round(minutes, 2)})  # fmt: skip
+
+
+def main():
+    args = parser(__doc__).parse_args()
+    p = params.load()
+    run(p, check(p), args)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ threshold. `metrics/headline.json` is the few numbers `dvc exp show` lists; the 
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import matplotlib
 import pandas as pd
 
-from stages.lib import comparison, data, metrics, params, writeup
+from stages.lib import comparison, data, metrics, params, sweep, writeup
 from stages.lib.outputs import write_json
 
 matplotlib.use("Agg")
@@ -107,11 +108,29 @@ def headline(table, reference, recommended, quality_cols):
     }
 
 
+def pruning_section(ev, pruned, quality, guards, out, report_md):
+    """Where pruning starts to hurt (lib/sweep): plots sweep.csv and sweep.png in `out`, markdown, summary."""
+    table = sweep.sweep_table(ev, pruned, guards)
+    first = sweep.first_degraded(table, guards) if not table.empty else {}
+    table.to_csv(out / "sweep.csv", index=False)
+    sweep.plot(table, quality if quality in guards else guards[0], out / "sweep.png")
+    sparse = sweep.sparse_rows(pruned)
+    text = sweep.markdown(table, first, guards, sparse, os.path.relpath(out / "sweep.png", Path(report_md).parent))
+    return text, {"first_degraded_ratio_pct": first, "sparse": sparse}
+
+
+def with_section(text, section):
+    """`section` just before the caveats (or at the end)."""
+    at = text.find("## Caveats")
+    return text + "\n" + section if at < 0 else text[:at] + section + "\n" + text[at:]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("evaluate_dir", "benchmark", "rounds_csv", "predictions_dir", "prepare_metrics", "data_dir",
                  "out_dir", "metrics", "headline", "report_md"):  # fmt: skip
         parser.add_argument(name)
+    parser.add_argument("--pruning", required=True, help="folder of pruning metrics (metrics/prune): sweep section")
     args = parser.parse_args()
     p = params.load()
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
@@ -135,15 +154,16 @@ def main():
     table.to_csv(out / "comparison.csv")
     pareto_points(table, quality).to_csv(out / "pareto.csv", index=False)
     plot(table, quality, out / "pareto.png")
+    section, pruning = pruning_section(ev, read_dir(args.pruning), quality, guards, out, args.report_md)
     write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
-                              "recommended": recommended, "rule": rule, "quality": quality})  # fmt: skip
+                              "recommended": recommended, "rule": rule, "quality": quality, "pruning": pruning})  # fmt: skip
     quality_cols = ["recall", "fpr", "auroc"] if ev.task == "binary" else ["accuracy", "macro_recall"]
     write_json(args.headline, headline(table, reference, recommended, quality_cols))
     ctx = {"reference": reference, "guards": guards, "names": names, "steps": steps, "recommended": recommended,
            "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
            "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),
            "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
-    Path(args.report_md).write_text(writeup.render(table, ctx))
+    Path(args.report_md).write_text(with_section(writeup.render(table, ctx), section))
     log.info("recommended: %s; report written to %s", recommended, args.report_md)
 
 

@@ -25,11 +25,12 @@ TINY = {
     "prepare": {"max_images": 80},
     "train": {"epochs": 1, "batch_size": 16},
     "prune": {"epochs": 1},
+    "sparsify": {"epochs": 1},
     "quantize": {"calibration_images": 8},
     "evaluate": {"bootstrap": 200},
     "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
 }
-UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune"}
+UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune", "sparsify"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -85,15 +86,29 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     repo, out = repo
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
     variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
-    expected = ["prepare", "finetune_teacher", "train_student", "distill", "prune", "report", "benchmark"]
+    expected = [
+        "prepare",
+        "finetune_teacher",
+        "train_student",
+        "distill",
+        "prune/student_pruned",
+        "report",
+        "benchmark",
+    ]
+    sparse = yaml.safe_load((repo / "params.yaml").read_text())["sparsify"]["models"]
+    expected += [f"prune/{m}" for m in sparse]
     expected += [f"quantize/{m}" for m in ("teacher", "student_kd", "student_pruned")]
     expected += [f"evaluate/{v}" for v in variants]
     for name in expected:
         assert (repo / "metrics" / f"{name}.json").exists(), name
-    assert len(ran(out)) == 5 + 3 + len(variants) + 4  # + fingerprint, benchmark, report, bundle_vega
+    assert len(ran(out)) == 5 + len(sparse) + 3 + len(variants) + 4  # + fingerprint, benchmark, report, bundle_vega
 
-    prune = json.loads((repo / "metrics/prune.json").read_text())
+    prune = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
     assert prune["params_after_m"] < prune["params_before_m"]
+    for m, spec in sparse.items():
+        sp = json.loads((repo / f"metrics/prune/{m}.json").read_text())
+        assert sp["sparsity_all_weights"] > 0.3 and sp["size_deflate_mb"] < sp["size_dense_mb"], m
+        assert spec["pattern"] != "2:4" or (sp["holds_2_4"] and "skipped" in sp["gpu_2_4"]), m
     ev = json.loads((repo / "metrics/evaluate/student_kd_int8.json").read_text())
     assert {"recall", "fnr", "fpr", "precision", "f1", "auroc", "ap", "threshold", "recall_at_fpr_5pct"} <= set(ev)
     assert {"recall_ci95", "fpr_ci95", "auroc_ci95", "fpr_at_recall_95pct_ci95", "recall_at_fpr_1pct_ci95"} <= set(ev)

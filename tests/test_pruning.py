@@ -1,38 +1,136 @@
-import torch
+"""Structured pruning: every criterion and schedule on a tiny Lite0, stem and classifier kept, bad params."""
 
-from stages.lib import models
+import copy
+
+import pytest
+import torch
+import yaml
+
+from stages.lib import models, pruning
+from stages.lib.params import ParamError
 from stages.lib.pruning import prune_channels
 
+SIZE = 64
 
-def test_structured_pruning_makes_model_smaller_and_keeps_outputs():
+
+def config(**kw):
+    cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.4, "max_ratio": 0.8, "iterative_steps": 1,
+           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1}  # fmt: skip
+    return {**cfg, **kw}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """Lite0 with trained-looking BatchNorm scales (fresh BN has every gamma = 1: nothing to rank)."""
     torch.manual_seed(0)
     model = models.build("tf_efficientnet_lite0", 2).eval()
-    before = models.param_count(model)
-    model, stats = prune_channels(model, ratio=0.5, image_size=64, round_to=8)
-    after = models.param_count(model)
-    assert after < 0.6 * before
-    assert stats["params_after_m"] < stats["params_before_m"] and stats["macs_after_m"] < stats["macs_before_m"]
-    assert model(torch.rand(3, 3, 64, 64)).shape == (3, 2)
-    assert model.net.get_classifier().out_features == 2  # the classifier is never pruned
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.1, 1.5)
+    return model
 
 
-def test_pruned_channels_are_multiples_of_round_to():
-    model, _ = prune_channels(models.build("tf_efficientnet_lite0", 2).eval(), ratio=0.3, image_size=64, round_to=8)
+def calib():
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(16, 3, SIZE, SIZE, generator=gen), torch.randint(0, 2, (16,), generator=gen)
+
+
+def widths(model):
+    return [m.weight.shape for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+
+def shapes(model):
+    return model.net.conv_stem.weight.shape, model.net.get_classifier().weight.shape
+
+
+@pytest.mark.parametrize("importance", sorted(pruning.IMPORTANCE))
+@pytest.mark.parametrize("scope", pruning.SCOPES)
+def test_every_criterion_and_scope_prunes_and_keeps_outputs(lite0, importance, scope):
+    model = copy.deepcopy(lite0)
+    stem, head = shapes(model)
+    model, stats = pruning.prune_structured(model, SIZE, config(importance=importance, scope=scope), calib=calib())
+    assert stats["macs_after_m"] < 0.8 * stats["macs_before_m"] and stats["params_ratio"] < 0.8
+    assert model(torch.rand(3, 3, SIZE, SIZE)).shape == (3, 2)
+    assert shapes(model) == (stem, head)  # the stem and the classifier are never pruned
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
     assert all(c.out_channels % 8 == 0 for c in convs)
+
+
+def test_global_scope_caps_every_layer(lite0):
+    model, _ = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope="global", ratio=0.5, max_ratio=0.6))
+    before = {n: m.out_channels for n, m in lite0.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert all(after[n] >= 0.4 * before[n] - 8 for n in before)  # no layer loses more than max_ratio (+ rounding)
+    assert any(after[n] < before[n] for n in before)
+
+
+@pytest.mark.parametrize("scope", pruning.SCOPES)
+def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0, scope):
+    one_shot, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope=scope, ratio=0.5, max_ratio=0.7))
+    calls = []
+
+    def finetune(model, step, epochs):
+        calls.append((step, epochs))
+        assert model(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 2)  # a working model between steps
+        return model
+
+    cfg = config(scope=scope, ratio=0.5, max_ratio=0.7, iterative_steps=3, epochs=4)
+    model, s3 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg, finetune=finetune)
+    assert calls == [(0, 1), (1, 1), (2, 2)]  # the budget is split over the steps
+    if scope == "uniform":  # every layer ends at the same width as one-shot
+        assert widths(model) == widths(one_shot) and s3["macs_after_m"] == s1["macs_after_m"]
+    else:  # global: per-layer widths may differ, the removed share of channels is the same
+        assert s3["macs_ratio"] == pytest.approx(s1["macs_ratio"], abs=0.1)
+    assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
+
+
+def test_epochs_split_over_steps():
+    assert pruning.epochs_per_step(2, 1) == [2] and pruning.epochs_per_step(5, 2) == [2, 3]
 
 
 def test_zero_ratio_keeps_everything():
     model = models.build("tf_efficientnet_lite0", 2).eval()
     before = models.param_count(model)
-    model, stats = prune_channels(model, ratio=0.0, image_size=64)
+    model, stats = prune_channels(model, ratio=0.0, image_size=SIZE)
     assert models.param_count(model) == before and stats["params_ratio"] == 1.0
 
 
 def test_pruned_model_survives_save_and_load(tmp_path):
-    model, _ = prune_channels(models.build("tf_efficientnet_lite0", 2).eval(), ratio=0.4, image_size=64)
-    models.save(tmp_path, model, models.make_card("tf_efficientnet_lite0", "pypi", 64, model, ["good", "defect"]))
+    model, _ = prune_channels(models.build("tf_efficientnet_lite0", 2).eval(), ratio=0.4, image_size=SIZE)
+    models.save(tmp_path, model, models.make_card("tf_efficientnet_lite0", "pypi", SIZE, model, ["good", "defect"]))
     loaded, card = models.load(tmp_path / "model.pt")
-    x = torch.rand(2, 3, 64, 64)
+    x = torch.rand(2, 3, SIZE, SIZE)
     torch.testing.assert_close(loaded(x), model(x))
     assert card["param_count"] == models.param_count(loaded)
+
+
+@pytest.fixture
+def prune_section(root):
+    return yaml.safe_load((root / "params.yaml").read_text())["prune"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("importance", "l3", r"prune\.importance='l3'.*\['bn_scale', 'l1', 'l2', 'lamp', 'random', 'taylor'\]"),
+        ("scope", "layerwise", r"prune\.scope='layerwise'.*\['global', 'uniform'\]"),
+        ("ratio", 1.0, r"prune\.ratio=1\.0.*\[0, 1\)"),
+        ("ratio", "half", r"prune\.ratio='half'.*\[0, 1\)"),
+        ("max_ratio", 1.0, r"prune\.max_ratio=1\.0.*\(0, 1\)"),
+        ("iterative_steps", 0, r"prune\.iterative_steps=0.*integer >= 1"),
+        ("round_to", 0, r"prune\.round_to=0.*integer >= 1"),
+    ],
+)
+def test_bad_prune_params_name_key_value_and_allowed(prune_section, key, value, message):
+    with pytest.raises(ParamError, match=message):
+        pruning.check({**prune_section, key: value})
+
+
+def test_fewer_epochs_than_steps_is_refused(prune_section):
+    with pytest.raises(ParamError, match=r"prune\.epochs=1.*integer >= 3"):
+        pruning.check({**prune_section, "iterative_steps": 3, "epochs": 1})
+
+
+def test_global_cap_below_ratio_is_refused(prune_section):
+    with pytest.raises(ParamError, match=r"prune\.max_ratio=0\.2 is below prune\.ratio=0\.5"):
+        pruning.check({**prune_section, "scope": "global", "ratio": 0.5, "max_ratio": 0.2})

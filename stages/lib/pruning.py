@@ -1,39 +1,131 @@
-"""Structured channel pruning with Torch-Pruning: the pruned model is physically smaller.
+"""Structured pruning with Torch-Pruning: the pruned model is physically smaller.
 
-Four steps, as in Torch-Pruning's quick start: importance -> pruner -> prune -> fine-tune
-(the fine-tune is training.fit with the teacher, done by the prune stage).
+Four steps, as in Torch-Pruning's quick start: importance -> pruner -> prune -> fine-tune.
+The fine-tune is a callback (the prune stage passes a KD `training.fit`), so an iterative
+schedule fine-tunes between its steps. The stem and the classifier are never pruned: the
+stem sees the raw image (3 input channels, cheap, and everything downstream depends on it),
+the classifier's outputs are the classes. Channel counts stay multiples of `round_to`.
+
+ViTs (timm `Attention`): whole attention heads are removed (head_dim kept, so the attention
+kernels keep their shape) and the MLP hidden width is pruned; the residual width is kept.
 """
 
 import logging
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
+from torch import nn
+
+from stages.lib import params
 
 log = logging.getLogger(__name__)
 
+# Importance criteria (params `prune.importance`) -> Torch-Pruning scorer.
+IMPORTANCE = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),  # group L1 norm of the coupled weights
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),  # group L2 norm (Torch-Pruning's default)
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),  # |gamma| of the BatchNorm (network slimming)
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),  # |w * dL/dw|: needs gradients (calibration batch)
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),  # layer-adaptive magnitude score
+    "random": lambda: tp.importance.RandomImportance(),  # control: shows whether the criterion matters
+}
+SCOPES = ("uniform", "global")
 
-def prune_channels(model, ratio, image_size, round_to=8):
-    """Remove `ratio` of the channels of every prunable layer by L2 magnitude, in place.
 
-    The classifier is never pruned (its outputs are the classes). `round_to` keeps channel
-    counts multiples of 8, which vectorised CPU kernels and INT8 GEMMs prefer.
-    Returns (model, dict of MACs and params before/after).
-    """
-    model.eval()
+def check(sec, key="prune"):
+    """Stop on a bad `prune` section before any work, naming the key, the value and what is allowed."""
+    params.check_choice(f"{key}.importance", sec["importance"], set(IMPORTANCE))
+    params.check_choice(f"{key}.scope", sec["scope"], set(SCOPES))
+    params.check_range(f"{key}.ratio", sec["ratio"], 0, 1, hi_inclusive=False)
+    params.check_range(f"{key}.max_ratio", sec["max_ratio"], 0, 1, lo_inclusive=False, hi_inclusive=False)
+    if sec["scope"] == "global" and sec["max_ratio"] < sec["ratio"]:
+        raise params.ParamError(f"{key}.max_ratio={sec['max_ratio']!r} is below {key}.ratio={sec['ratio']!r}; "
+                                f"expected max_ratio >= ratio (the cap on any one layer)")  # fmt: skip
+    params.check_int(f"{key}.iterative_steps", sec["iterative_steps"], 1)
+    params.check_int(f"{key}.round_to", sec["round_to"], 1)
+    params.check_int(f"{key}.epochs", sec["epochs"], sec["iterative_steps"])
+    params.check_range(f"{key}.lr_scale", sec["lr_scale"], 0, 10, lo_inclusive=False)
+    params.check_int(f"{key}.taylor_batches", sec["taylor_batches"], 1)
+    return sec
+
+
+def epochs_per_step(epochs, steps):
+    """The fine-tune budget split over the steps (one-shot and iterative cost the same); the rest goes last."""
+    share = [epochs // steps] * steps
+    share[-1] += epochs - sum(share)
+    return share
+
+
+def protected_layers(model):
+    """The stem (first conv) and the classifier, whose input width is kept too (so the layer that
+    feeds it, timm's `conv_head`, keeps its outputs): never pruned."""
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    feeds_head = getattr(model.net, "conv_head", None)
+    return [stem, model.net.get_classifier(), *([feeds_head] if isinstance(feeds_head, nn.Conv2d) else [])]
+
+
+def count(model, image_size):
+    """(MACs, params) for one image, Torch-Pruning's counter."""
     example = torch.rand(1, 3, image_size, image_size)
-    macs_before, params_before = tp.utils.count_ops_and_params(model, example)
-    head = model.net.get_classifier()
-    pruner = tp.pruner.MetaPruner(
+    was_training = model.training
+    macs, n_params = tp.utils.count_ops_and_params(model.eval(), example)
+    model.train(was_training)
+    return macs, n_params
+
+
+def build_pruner(model, image_size, cfg):
+    """A MetaPruner for `cfg` (a `prune` section): importance, uniform/global ratio, iterative steps."""
+    glob = cfg["scope"] == "global"
+    return tp.pruner.MetaPruner(
         model,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio,
-        ignored_layers=[head],
-        round_to=round_to,
+        torch.rand(1, 3, image_size, image_size),
+        importance=IMPORTANCE[cfg["importance"]](),
+        pruning_ratio=cfg["ratio"],
+        global_pruning=glob,
+        isomorphic=glob,  # global ranking only among groups of the same structure (Fang et al. 2024)
+        max_pruning_ratio=cfg["max_ratio"] if glob else 1.0,
+        iterative_steps=cfg["iterative_steps"],
+        ignored_layers=protected_layers(model),
+        round_to=cfg["round_to"],
     )
-    pruner.step()
-    macs_after, params_after = tp.utils.count_ops_and_params(model, example)
-    stats = {
+
+
+def taylor_gradients(model, calib, batch_size=16):
+    """Accumulate dL/dw (cross-entropy on calibration images) for the Taylor criterion."""
+    x, y = calib
+    model.eval()  # BN statistics stay as trained
+    model.zero_grad(set_to_none=True)
+    for i in range(0, len(x), batch_size):
+        F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size], reduction="sum").backward()
+
+
+def prune_structured(model, image_size, cfg, finetune=None, calib=None):
+    """Prune `model` in place by `cfg`; `finetune(model, step, epochs)` runs after every step.
+
+    One-shot is iterative_steps=1; with k steps the ratio grows linearly to the same final
+    ratio, with a fine-tune between steps. `calib` (x float, y) is needed for Taylor importance.
+    Returns (model, MACs/params before and after).
+    """
+    if cfg["importance"] == "taylor" and calib is None:
+        raise ValueError("taylor importance needs calibration images (calib=(x, y))")
+    macs_before, params_before = count(model, image_size)
+    pruner = build_pruner(model.eval(), image_size, cfg)
+    for step, epochs in enumerate(epochs_per_step(cfg["epochs"], cfg["iterative_steps"])):
+        if cfg["importance"] == "taylor":
+            taylor_gradients(model, calib)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        macs, _ = count(model, image_size)
+        log.info("step %d/%d (%s, %s): MACs %.1fM -> %.1fM", step + 1, cfg["iterative_steps"], cfg["importance"],
+                 cfg["scope"], macs_before / 1e6, macs / 1e6)  # fmt: skip
+        if finetune is not None and epochs > 0:
+            model = finetune(model, step, epochs)
+    return model.eval(), stats(macs_before, params_before, *count(model, image_size))
+
+
+def stats(macs_before, params_before, macs_after, params_after):
+    return {
         "macs_before_m": round(macs_before / 1e6, 2),
         "macs_after_m": round(macs_after / 1e6, 2),
         "params_before_m": round(params_before / 1e6, 4),
@@ -41,6 +133,49 @@ def prune_channels(model, ratio, image_size, round_to=8):
         "macs_ratio": round(macs_after / macs_before, 4),
         "params_ratio": round(params_after / params_before, 4),
     }
-    log.info("pruned %.0f%% of channels: MACs %.1fM -> %.1fM, params %.3fM -> %.3fM", ratio * 100,
-             stats["macs_before_m"], stats["macs_after_m"], stats["params_before_m"], stats["params_after_m"])  # fmt: skip
-    return model, stats
+
+
+def prune_channels(model, ratio, image_size, round_to=8, importance="l2"):
+    """One-shot uniform pruning of `ratio` of the channels of every prunable layer (no fine-tune)."""
+    cfg = {"importance": importance, "scope": "uniform", "ratio": ratio, "max_ratio": 0.9, "iterative_steps": 1,
+           "round_to": round_to, "epochs": 0}  # fmt: skip
+    return prune_structured(model, image_size, cfg)
+
+
+def prune_vit(model, image_size, head_ratio, mlp_ratio, importance="l2", round_to=8):
+    """Remove `head_ratio` of the attention heads (whole heads, head_dim kept) and `mlp_ratio` of the
+    MLP hidden units of a timm ViT inside a Classifier, in place. Returns (model, stats).
+
+    Torch-Pruning removes heads only while it prunes channels: mlp_ratio must be > 0."""
+    if not 0 < mlp_ratio < 1:
+        raise ValueError(f"mlp_ratio={mlp_ratio!r}; expected a number in (0, 1)")
+    from timm.models.vision_transformer import Attention
+
+    net = model.net
+    attns = [m for m in net.modules() if isinstance(m, Attention)]
+    macs_before, params_before = count(model, image_size)
+    # Torch-Pruning removes ceil(ratio * heads) heads; pass a ratio that removes floor(head_ratio * heads),
+    # never all of them.
+    heads = attns[0].num_heads
+    removed = min(int(head_ratio * heads + 1e-9), heads - 1)
+    # The residual stream (embedding width) is kept: every layer that writes it is ignored, which
+    # leaves only the heads (qkv out, proj in) and the MLP hidden width (fc1 out, fc2 in) prunable.
+    writers = [net.patch_embed.proj, net.get_classifier()]
+    writers += [m.proj for m in attns] + [b.mlp.fc2 for b in net.blocks]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        torch.rand(1, 3, image_size, image_size),
+        importance=IMPORTANCE[importance](),
+        pruning_ratio=mlp_ratio,
+        num_heads={m.qkv: m.num_heads for m in attns},
+        prune_num_heads=True,
+        prune_head_dims=False,
+        head_pruning_ratio=(removed - 0.5) / heads if removed else 0.0,
+        ignored_layers=writers,
+        round_to=round_to,
+    )
+    pruner.step()
+    for m in attns:  # timm's forward reshapes with these attributes
+        m.num_heads = pruner.num_heads[m.qkv]
+        m.attn_dim = m.num_heads * m.head_dim
+    return model.eval(), stats(macs_before, params_before, *count(model, image_size))
