@@ -1,6 +1,8 @@
 """Structured pruning: every criterion and schedule on a tiny Lite0, stem and classifier kept, bad params."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -134,3 +136,16 @@ def test_fewer_epochs_than_steps_is_refused(prune_section):
 def test_global_cap_below_ratio_is_refused(prune_section):
     with pytest.raises(ParamError, match=r"prune\.max_ratio=0\.2 is below prune\.ratio=0\.5"):
         pruning.check({**prune_section, "scope": "global", "ratio": 0.5, "max_ratio": 0.2})
+
+
+@pytest.mark.parametrize("stage", ["prune", "prune_sweep"])
+def test_stage_cli_stops_on_bad_importance_before_any_work(tmp_path, root, stage):
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["prune"]["importance"] = "l3"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    out = tmp_path / "pruned"
+    ratio = ["30"] if stage == "prune_sweep" else []
+    cmd = [sys.executable, "-m", f"stages.{stage}", *ratio, "no_data", "a.pt", "b.pt", str(out), "live", "m.json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(root)})
+    assert proc.returncode != 0 and "prune.importance='l3'" in proc.stderr and "'taylor'" in proc.stderr
+    assert not out.exists() and not (tmp_path / "m.json").exists()
