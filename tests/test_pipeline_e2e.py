@@ -139,7 +139,10 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     for heading in ("## Data and split", "## Machine", "## What each step bought and cost", "## Recommended variant",
                     "## Caveats", fingerprint["id"]):  # fmt: skip
         assert heading in text
-    for f in ("comparison.csv", "pareto.csv", "pareto.png"):
+    assert "## Where pruning starts to hurt" in text and "compute every zero" in text  # sweep + sparsity
+    sweep = report["pruning"]
+    assert set(sweep["sparse"]) == set(sparse) and set(sweep["first_degraded_ratio_pct"]) >= {"int8", "ort_fp32"}
+    for f in ("comparison.csv", "pareto.csv", "pareto.png", "sweep.csv", "sweep.png"):
         assert (repo / "plots/report" / f).stat().st_size > 0
     assert "rec.auroc" in dvc("metrics", "show", cwd=repo).stdout
     # The README's `dvc exp show` command for the headline fits a 200-column terminal.
