@@ -19,7 +19,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from stages.lib import comparison, data, metrics, params, writeup
+from stages.lib import comparison, data, metrics, params, selection, writeup
 from stages.lib.outputs import write_json
 
 matplotlib.use("Agg")
@@ -112,6 +112,7 @@ def main():
     for name in ("evaluate_dir", "benchmark", "rounds_csv", "predictions_dir", "prepare_metrics", "data_dir",
                  "out_dir", "metrics", "headline", "report_md"):  # fmt: skip
         parser.add_argument(name)
+    parser.add_argument("--select", help="metrics/select.json of the select stage: adds the deployment section")
     args = parser.parse_args()
     p = params.load()
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
@@ -143,7 +144,10 @@ def main():
            "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
            "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),
            "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
-    Path(args.report_md).write_text(writeup.render(table, ctx))
+    text = writeup.render(table, ctx)
+    if args.select:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
+        text += "\n".join(selection.report_section(json.loads(Path(args.select).read_text()), ev.evaluated)) + "\n"
+    Path(args.report_md).write_text(text)
     log.info("recommended: %s; report written to %s", recommended, args.report_md)
 
 

@@ -13,6 +13,8 @@ def lib_imports(path, root, seen=None):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages.lib"):
             names = [node.module] if node.module != "stages.lib" else [f"stages.lib.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "stages":  # a stage run by another (select -> screen)
+            names = [f"stages.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("stages.lib.")]
         for name in names:
@@ -33,6 +35,7 @@ def test_every_stage_lists_what_it_imports(root):
         assert script in deps, f"{name}: {script} missing from deps"
         assert f"python -m stages.{name} " in body["cmd"], f"{name}: stage and module names differ"
         needed = {str(p.relative_to(root)) for p in lib_imports(root / script, root)}
+        assert {n for n in needed if not n.startswith(lib)} <= deps, f"{name}: deps miss a stage it runs"
         assert needed <= deps, f"{name}: deps miss {sorted(needed - deps)}"
         unused = {d for d in deps if d.startswith(lib)} - needed
         assert not unused, f"{name}: deps list modules it does not import {sorted(unused)}"
