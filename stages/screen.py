@@ -63,9 +63,8 @@ def verdicts(probs, bundle):
     return [(float(p.max()), classes[int(p.argmax())]) for p in probs]
 
 
-def screen(bundle, files, batch_size, threads):
+def screen(bundle, runner, files, batch_size):
     """Rows for readable files, skipped files, and timings (wall time of decode + inference, model time)."""
-    runner = runtime.OrtRunner(bundle["model_path"], threads)
     size, max_side = bundle["input_size"], bundle["decoding"]["max_side"]
     rows, skipped, batch, pending = [], [], [], []
     model_s, start = 0.0, time.perf_counter()
@@ -126,8 +125,12 @@ def main():
     if args.batch_size < 1:
         sys.exit(f"screen: --batch-size={args.batch_size}; expected an integer >= 1")
     threads = args.threads or bundle["benchmark"]["threads"]
+    try:
+        runner = runtime.OrtRunner(bundle["model_path"], threads)
+    except Exception as e:  # ONNX Runtime raises its own types; the first line says what is wrong
+        sys.exit(f"screen: ONNX Runtime cannot load {bundle['model_path']}: {str(e).strip().splitlines()[-1]}")
 
-    rows, skipped, timing = screen(bundle, files, args.batch_size, threads)
+    rows, skipped, timing = screen(bundle, runner, files, args.batch_size)
     write_csv(args.out, rows, ["path", "sha256", "pixel_sha256", "score", "verdict"])
     skipped_csv = Path(args.out).with_suffix(".skipped.csv")
     if skipped:
