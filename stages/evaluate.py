@@ -57,6 +57,7 @@ def binary(probs, labels, ev, seed):
     result = {**metrics.binary_metrics(s, y, threshold), "target_recall": ev["target_recall"],
               "val_recall": val["recall"], "ap": metrics.average_precision(s, y),
               "threshold_rule": ev["threshold_rule"], "threshold_fallback": fallback,
+              "threshold_exact": float(threshold),  # unrounded: the deployed bundle decides with this one
               "val": {**thresholds.operating_point(scores["val"], labels["val"], threshold), "auroc": val["auroc"]},
               "by_rule": by_rule(scores, labels, ev["target_recall"])}  # fmt: skip
     result[metrics.pct_name("fpr_at_recall", ev["target_recall"])] = metrics.fpr_at_recall(s, y, ev["target_recall"])

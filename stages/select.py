@@ -29,7 +29,8 @@ from stages.lib.outputs import write_json
 
 log = logging.getLogger("select")
 SKEW_TOLERANCE = 1e-5
-TEST_KEYS = ("threshold", "recall", "fpr", "precision", "f1", "auroc", "ap", "tp", "fp", "fn", "tn", "n_images")
+TEST_KEYS = ("threshold", "recall", "fpr", "precision", "f1", "auroc", "ap", "tp", "fp", "fn", "tn", "n_images",
+             "accuracy", "macro_recall", "macro_f1", "macro_auroc", "per_class_recall")  # fmt: skip
 
 
 def git_revision():
@@ -94,7 +95,7 @@ def main():
     log.info("selected %s (%s)", chosen, rule)
 
     meta = {"variant": chosen, "task": info["task"], "classes": info["classes"],
-            "threshold": ev.get("threshold"), "threshold_rule": ev.get("threshold_rule"),
+            "threshold": ev.get("threshold_exact"), "threshold_rule": ev.get("threshold_rule"),
             "input_size": bench["image_size"], "decoding": deploy.decoding_rules(bench["image_size"],
                                                                                 p["prepare"]["max_side"]),
             "selection": {"rule": rule, "constraints": {k: sel[k] for k in selection.CONSTRAINTS}},

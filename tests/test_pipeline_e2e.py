@@ -170,7 +170,7 @@ def test_select_writes_the_bundle_of_the_fastest_onnx_variant(repo):
     assert all(set(sel["variants"][v]["failed"]) == {"runtime"} for v in bench if v not in onnx)
     bundle = json.loads((repo / "artifacts/deploy/deploy.json").read_text())
     ev = json.loads((repo / f"metrics/evaluate/{sel['selected']}.json").read_text())
-    assert bundle["variant"] == sel["selected"] and bundle["threshold"] == ev["threshold"]
+    assert bundle["variant"] == sel["selected"] and bundle["threshold"] == ev["threshold_exact"]
     assert bundle["model_sha256"] == deploy.sha256_file(repo / "artifacts/deploy/model.onnx")
     assert bundle["model_sha256"] == deploy.sha256_file(repo / bench[sel["selected"]]["model_file"])
     assert bundle["fingerprint"]["id"] == bench[sel["selected"]]["fingerprint_id"] and bundle["git"]["revision"]
