@@ -139,14 +139,18 @@ def main():
     write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
                               "recommended": recommended, "rule": rule, "quality": quality})  # fmt: skip
     quality_cols = ["recall", "fpr", "auroc"] if ev.task == "binary" else ["accuracy", "macro_recall"]
-    write_json(args.headline, headline(table, reference, recommended, quality_cols))
+    head = headline(table, reference, recommended, quality_cols)
+    selected = json.loads(Path(args.select).read_text()) if args.select else None
+    if selected:  # what select deployed under its constraints (`dvc exp show --keep deployed`)
+        head["deployed"] = selected["selected"]
+    write_json(args.headline, head)
     ctx = {"reference": reference, "guards": guards, "names": names, "steps": steps, "recommended": recommended,
            "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
            "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),
            "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
     text = writeup.render(table, ctx)
-    if args.select:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
-        text += "\n".join(selection.report_section(json.loads(Path(args.select).read_text()), ev.evaluated)) + "\n"
+    if selected:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
+        text += "\n".join(selection.report_section(selected, ev.evaluated)) + "\n"
     Path(args.report_md).write_text(text)
     log.info("recommended: %s; report written to %s", recommended, args.report_md)
 

@@ -178,6 +178,7 @@ def test_select_writes_the_bundle_of_the_fastest_onnx_variant(repo):
     assert sel["skew"]["verdict_mismatches"] == 0 and sel["skew"]["max_abs_score_diff"] <= 1e-5
     assert sel["screen"]["images"] == 80 and sel["screen"]["images_per_s"] > 0 and not sel["screen"]["torch_imported"]
     assert "## Deployment: the selected variant" in (repo / "REPORT.md").read_text()
+    assert json.loads((repo / "metrics/headline.json").read_text())["deployed"] == sel["selected"]
 
 
 def test_screen_of_raw_test_images_reproduces_evaluate(repo, tmp_path):
