@@ -84,6 +84,8 @@ def test_ties_in_latency_go_to_the_higher_validation_auroc():
     a = {"a": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.9},
          "b": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.95}}  # fmt: skip
     assert selection.pick(a) == "b"
+    a["b"]["val_auroc"] = float("nan")  # undefined AUROC (a class missing from validation) ranks last
+    assert selection.pick(a, "auroc") == "a" and selection.pick(a) == "a"
 
 
 def test_none_qualified_message_lists_every_variant_and_by_how_much():

@@ -84,6 +84,10 @@ def pick(assessed, objective="latency"):
 
     def key(name):
         e = assessed[name]
+        auroc = (
+            e["val_auroc"] if e["val_auroc"] == e["val_auroc"] else float("-inf")
+        )  # NaN (a class missing) ranks last
+        e = {**e, "val_auroc": auroc}
         return (
             (e["latency_ms_p50"], -e["val_auroc"], name)
             if objective == "latency"
