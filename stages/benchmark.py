@@ -142,6 +142,7 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
             "cost_usd_per_1m_images": round(core_hours * b["core_hour_usd"], 4),
             "threads": main_threads,
             "runtime": spec["runtime"],
+            "model_file": spec["model"],  # select and deploy find the variant's file here
             "torch_imported": last[name]["torch_imported"],
             "settings": last[name]["settings"],
             "fingerprint_id": fingerprint_id,

@@ -3,10 +3,12 @@
     python -m stages.evaluate student_kd_int8 onnxruntime artifacts/quantize/student_kd/int8.onnx \
         data/prepared metrics/evaluate/student_kd_int8.json plots/evaluate artifacts/predictions
 
-Binary task: the threshold is the highest that reaches `evaluate.target_recall` on validation
-defects; on test: recall, FNR, precision, F1, accuracy, AUROC, average precision, recall at
+Binary task: the threshold is chosen on validation defects by `evaluate.threshold_rule`
+(highest: the highest that reaches `evaluate.target_recall`; lower_bound: the highest whose one-sided
+95 % Clopper-Pearson lower bound of recall reaches it, see lib/thresholds); on test: recall, FNR, precision, F1, accuracy, AUROC, average precision, recall at
 fixed false-alarm rates. Multi-class: argmax; accuracy, macro recall/F1/AUROC, per-class recall.
-Both: bootstrap 95 % intervals and a breakdown by every attribute the dataset keeps.
+Both: bootstrap 95 % intervals and a breakdown by every attribute the dataset keeps, and the
+validation metrics the select stage decides on (`val`: recall, FPR, AUROC; exact binomial intervals).
 """
 
 import argparse
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.lib import data, metrics, params, runtime
+from stages.lib import data, metrics, params, runtime, thresholds
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("evaluate")
@@ -28,6 +30,7 @@ def check(p):
     ev = p["evaluate"]
     params.check_range("evaluate.target_recall", ev["target_recall"], 0, 1, lo_inclusive=False)
     params.check_int("evaluate.bootstrap", ev["bootstrap"], 100)
+    params.check_choice("evaluate.threshold_rule", ev["threshold_rule"], set(thresholds.RULES))
     if not isinstance(ev["fixed_fpr_pct"], list):
         raise params.ParamError(f"evaluate.fixed_fpr_pct={ev['fixed_fpr_pct']!r}; expected a list like [1, 5]")
     for pct in ev["fixed_fpr_pct"]:
@@ -43,12 +46,20 @@ def test_split_hash(rows):
 
 def binary(probs, labels, ev, seed):
     scores = {s: probs[s][:, 1] for s in probs}
-    threshold = metrics.choose_threshold(scores["val"], labels["val"], ev["target_recall"])
+    threshold, fallback = thresholds.choose(scores["val"], labels["val"], ev["target_recall"], ev["threshold_rule"])
+    if fallback:
+        log.warning("threshold_rule=lower_bound: %d validation defects are too few for a 95 %% bound >= %s; "
+                    "threshold falls back to the lowest validation defect score", labels["val"].sum(),
+                    ev["target_recall"])  # fmt: skip
     val = metrics.binary_metrics(scores["val"], labels["val"], threshold)
     y, s = labels["test"], scores["test"]
     pred = (s >= threshold).astype(int)
     result = {**metrics.binary_metrics(s, y, threshold), "target_recall": ev["target_recall"],
-              "val_recall": val["recall"], "ap": metrics.average_precision(s, y)}  # fmt: skip
+              "val_recall": val["recall"], "ap": metrics.average_precision(s, y),
+              "threshold_rule": ev["threshold_rule"], "threshold_fallback": fallback,
+              "threshold_exact": float(threshold),  # unrounded: the deployed bundle decides with this one
+              "val": {**thresholds.operating_point(scores["val"], labels["val"], threshold), "auroc": val["auroc"]},
+              "by_rule": by_rule(scores, labels, ev["target_recall"])}  # fmt: skip
     result[metrics.pct_name("fpr_at_recall", ev["target_recall"])] = metrics.fpr_at_recall(s, y, ev["target_recall"])
     for pct in ev["fixed_fpr_pct"]:
         result[metrics.pct_name("recall_at_fpr", pct / 100)] = metrics.recall_at_fpr(s, y, pct / 100)
@@ -57,10 +68,25 @@ def binary(probs, labels, ev, seed):
     return result, ci, pred, s
 
 
+def by_rule(scores, labels, target_recall):
+    """Every threshold rule's threshold and its validation and test operating points: the rule's effect."""
+    out = {}
+    for rule in thresholds.RULES:
+        t, fallback = thresholds.choose(scores["val"], labels["val"], target_recall, rule)
+        val, test = (thresholds.operating_point(scores[s], labels[s], t) for s in ("val", "test"))
+        out[rule] = {"threshold": round(t, 6), "fallback": fallback, "val_recall": val["recall"],
+                     "val_recall_lower_bound": val["recall_lower_bound"], "val_fpr": val["fpr"],
+                     "recall": test["recall"], "recall_ci95": test["recall_ci95"], "fpr": test["fpr"]}  # fmt: skip
+    return out
+
+
 def multiclass(probs, labels, classes, ev, seed):
+    """Argmax decision; `evaluate.threshold_rule` does not apply. `val.recall` is the macro recall."""
     y, p = labels["test"], probs["test"]
     pred = p.argmax(1)
     result = metrics.multiclass_metrics(p, y, classes)
+    val = metrics.multiclass_metrics(probs["val"], labels["val"], classes)
+    result["val"] = {"recall": val["macro_recall"], "accuracy": val["accuracy"], "auroc": val["macro_auroc"]}
     ci = metrics.bootstrap_ci(y, pred, p.max(1), metrics.MULTICLASS_CI, ev["bootstrap"], seed, len(classes))
     return result, ci, pred, p.max(1)
 

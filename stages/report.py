@@ -20,7 +20,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from stages.lib import comparison, data, metrics, params, sweep, writeup
+from stages.lib import comparison, data, metrics, params, selection, sweep, writeup
 from stages.lib.outputs import write_json
 
 matplotlib.use("Agg")
@@ -131,6 +131,7 @@ def main():
                  "out_dir", "metrics", "headline", "report_md"):  # fmt: skip
         parser.add_argument(name)
     parser.add_argument("--pruning", required=True, help="folder of pruning metrics (metrics/prune): sweep section")
+    parser.add_argument("--select", help="metrics/select.json of the select stage: adds the deployment section")
     args = parser.parse_args()
     p = params.load()
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
@@ -158,12 +159,19 @@ def main():
     write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
                               "recommended": recommended, "rule": rule, "quality": quality, "pruning": pruning})  # fmt: skip
     quality_cols = ["recall", "fpr", "auroc"] if ev.task == "binary" else ["accuracy", "macro_recall"]
-    write_json(args.headline, headline(table, reference, recommended, quality_cols))
+    head = headline(table, reference, recommended, quality_cols)
+    selected = json.loads(Path(args.select).read_text()) if args.select else None
+    if selected:  # what select deployed under its constraints (`dvc exp show --keep deployed`)
+        head["deployed"] = selected["selected"]
+    write_json(args.headline, head)
     ctx = {"reference": reference, "guards": guards, "names": names, "steps": steps, "recommended": recommended,
            "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
            "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),
            "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
-    Path(args.report_md).write_text(with_section(writeup.render(table, ctx), section))
+    text = with_section(writeup.render(table, ctx), section)
+    if selected:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
+        text += "\n".join(selection.report_section(selected, ev.evaluated)) + "\n"
+    Path(args.report_md).write_text(text)
     log.info("recommended: %s; report written to %s", recommended, args.report_md)
 
 

@@ -36,6 +36,7 @@ def test_every_stage_lists_what_it_imports(root):
         assert script in deps, f"{name}: {script} missing from deps"
         assert f"python -m stages.{name} " in body["cmd"], f"{name}: stage and module names differ"
         needed = {str(p.relative_to(root)) for p in lib_imports(root / script, root)}
+        assert {n for n in needed if not n.startswith(lib)} <= deps, f"{name}: deps miss a stage it runs"
         assert needed <= deps, f"{name}: deps miss {sorted(needed - deps)}"
         unused = {d for d in deps if d.startswith(lib) or (d.startswith("stages/") and d != script)} - needed
         assert not unused, f"{name}: deps list modules it does not import {sorted(unused)}"

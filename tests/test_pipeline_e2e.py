@@ -15,9 +15,11 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
+from stages.lib import deploy
 from tests.conftest import ROOT
 
 TINY = {
@@ -29,6 +31,7 @@ TINY = {
     "quantize": {"calibration_images": 8},
     "evaluate": {"bootstrap": 200},
     "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
+    "select": {"min_recall": None},  # ~3 validation defects: no 95 % lower bound can reach a recall floor
 }
 UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune", "sparsify"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -94,6 +97,7 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
         "prune/student_pruned",
         "report",
         "benchmark",
+        "select",
     ]
     sparse = yaml.safe_load((repo / "params.yaml").read_text())["sparsify"]["models"]
     expected += [f"prune/{m}" for m in sparse]
@@ -101,7 +105,7 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     expected += [f"evaluate/{v}" for v in variants]
     for name in expected:
         assert (repo / "metrics" / f"{name}.json").exists(), name
-    assert len(ran(out)) == 5 + len(sparse) + 3 + len(variants) + 4  # + fingerprint, benchmark, report, bundle_vega
+    assert len(ran(out)) == 5 + len(sparse) + 3 + len(variants) + 5  # + fingerprint, benchmark, select, report, bundle_vega
 
     prune = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
     assert prune["params_after_m"] < prune["params_before_m"]
@@ -173,7 +177,60 @@ def test_clone_reuses_benchmark_on_same_machine_and_remeasures_on_another(repo, 
     fp = clone / "metrics/fingerprint.json"
     fp.write_text(json.dumps({**json.loads(fp.read_text()), "cpu": "another CPU"}))
     dvc("commit", "-f", cwd=clone)
-    assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint", "benchmark", "report"}
+    assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint", "benchmark", "select", "report"}
+
+
+def test_select_writes_the_bundle_of_the_fastest_onnx_variant(repo):
+    repo, _ = repo
+    sel = json.loads((repo / "metrics/select.json").read_text())
+    bench = json.loads((repo / "metrics/benchmark.json").read_text())["variants"]
+    onnx = {v: b["latency_ms_p50"] for v, b in bench.items() if b["runtime"] == "onnxruntime"}
+    assert sel["selected"] == min(onnx, key=onnx.get) and set(sel["variants"]) == set(bench)
+    assert all(set(sel["variants"][v]["failed"]) == {"runtime"} for v in bench if v not in onnx)
+    bundle = json.loads((repo / "artifacts/deploy/deploy.json").read_text())
+    ev = json.loads((repo / f"metrics/evaluate/{sel['selected']}.json").read_text())
+    assert bundle["variant"] == sel["selected"] and bundle["threshold"] == ev["threshold_exact"]
+    assert bundle["model_sha256"] == deploy.sha256_file(repo / "artifacts/deploy/model.onnx")
+    assert bundle["model_sha256"] == deploy.sha256_file(repo / bench[sel["selected"]]["model_file"])
+    assert bundle["fingerprint"]["id"] == bench[sel["selected"]]["fingerprint_id"] and bundle["git"]["revision"]
+    assert ev["threshold_rule"] == "lower_bound" and ev["threshold_fallback"]  # ~3 val defects: flagged fallback
+    assert sel["skew"]["verdict_mismatches"] == 0 and sel["skew"]["max_abs_score_diff"] <= 1e-5
+    assert sel["screen"]["images"] == 80 and sel["screen"]["images_per_s"] > 0 and not sel["screen"]["torch_imported"]
+    assert "## Deployment: the selected variant" in (repo / "REPORT.md").read_text()
+    assert json.loads((repo / "metrics/headline.json").read_text())["deployed"] == sel["selected"]
+
+
+def test_screen_of_raw_test_images_reproduces_evaluate(repo, tmp_path):
+    """No training/serving skew: the raw ELPV files of the test split through the bundle give evaluate's
+    scores (within 1e-5) and verdicts for the selected variant."""
+    repo, _ = repo
+    selected = json.loads((repo / "metrics/select.json").read_text())["selected"]
+    manifest = pd.read_csv(repo / "data/prepared/manifest.csv").query("split == 'test'").reset_index(drop=True)
+    raw = deploy.raw_paths(manifest["source"], {"dataset": "elpv"})
+    proc = sh([sys.executable, "-m", "stages.screen", str(repo / "artifacts/deploy"), *map(str, raw),
+               "--out", str(tmp_path / "v.csv")], ROOT)  # fmt: skip
+    assert proc.returncode == 0
+    screened = pd.read_csv(tmp_path / "v.csv")
+    evaluated = pd.read_csv(repo / f"artifacts/predictions/{selected}.csv")
+    assert list(screened["pixel_sha256"]) == list(evaluated["sha256"])
+    assert (screened["score"] - evaluated["score"]).abs().max() <= 1e-5
+    assert list(screened["verdict"]) == list(evaluated["pred"].map({0: "good", 1: "defect"}))
+
+
+def test_select_param_reruns_only_select_and_report(repo):
+    repo, _ = repo
+    before = json.loads((repo / "metrics/select.json").read_text())
+    fastest = before["variants"][before["selected"]]["latency_ms_p50"]
+    set_params(repo, {"select": {"max_latency_ms": round(fastest * 2, 4)}})
+    assert ran(dvc("repro", cwd=repo).stdout) == {"fingerprint", "select", "report"}
+    assert json.loads((repo / "metrics/select.json").read_text())["constraints"]["max_latency_ms"] == round(
+        fastest * 2, 4
+    )
+    set_params(repo, {"select": {"max_latency_ms": None, "max_size_mb": 0.001}})
+    proc = dvc("repro", cwd=repo, check=False)
+    assert proc.returncode != 0 and "no variant meets every constraint" in proc.stdout + proc.stderr
+    assert "max_size_mb" in proc.stdout + proc.stderr
+    set_params(repo, {"select": {"max_size_mb": None}})
 
 
 def test_quantize_param_reruns_only_quantize_and_downstream(repo):
@@ -183,7 +240,7 @@ def test_quantize_param_reruns_only_quantize_and_downstream(repo):
     assert {"quantize@teacher", "quantize@student_kd", "quantize@student_pruned"} <= stages
     assert {"evaluate@student_kd_int8", "benchmark", "report"} <= stages
     assert not stages & UPSTREAM
-    allowed = {"quantize", "evaluate", "benchmark", "report", "fingerprint"}
+    allowed = {"quantize", "evaluate", "benchmark", "select", "report", "fingerprint"}
     assert all(s.split("@")[0] in allowed for s in stages), stages
 
 

@@ -1,0 +1,125 @@
+"""The deployment bundle (`artifacts/deploy/`) and decoding raw image files the way the pipeline does.
+
+A bundle is a folder with the selected variant's ONNX file (`model.onnx`) and `deploy.json`: the bundle
+version, the threshold, classes, input size and decoding rules, the variant's validation and test metrics,
+its benchmark entry and machine fingerprint, the params and git revision that made it, and the model's sha256.
+
+Decoding a raw file for the model is `images.read_image` (prepare's code path: fixed per-mode rules,
+shrunk to `max_side`) followed by what `data.load_split` does with the prepared PNG (PNG is lossless):
+convert to RGB, bilinear resize to the input size, scale to [0, 1]. This module never imports torch,
+so `screen` runs with ONNX Runtime alone.
+"""
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stages.lib.images import image_sha256, read_image
+
+BUNDLE_VERSION = 1
+BUNDLE_JSON = "deploy.json"
+MODEL_FILE = "model.onnx"
+
+
+class BundleError(ValueError):
+    """A deployment bundle that cannot be used as it is (missing, unknown version, wrong model file)."""
+
+
+def sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decoding_rules(image_size, max_side):
+    """What deploy.json records about decoding; `model_input` and `decode` implement exactly this."""
+    return {
+        "reader": "stages.lib.images.read_image (the prepare stage's decoder)",
+        "modes": "L, RGB kept; 1, LA -> L; RGBA -> RGB (alpha dropped); P, CMYK, ... -> RGB; 16-bit: v >> 8",
+        "max_side": max_side,
+        "max_side_resample": "box (area), aspect kept, only when larger",
+        "color": "RGB (grayscale replicated)",
+        "resize": [image_size, image_size],
+        "resample": "bilinear",
+        "scale": "uint8 / 255 -> float32 in [0, 1]; mean/std normalisation is inside the model",
+        "layout": "NCHW",
+    }
+
+
+def model_input(pixels, image_size):
+    """uint8 (H, W) or (H, W, 3) from read_image -> float32 (3, S, S) in [0, 1], as data.load_split + to_float."""
+    img = Image.fromarray(pixels).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+
+
+def decode(data, image_size, max_side):
+    """File bytes -> (model input, sha256 of the decoded pixels as in prepare's manifest).
+
+    Raises images.ImageDecodeError for unreadable or truncated data.
+    """
+    pixels = read_image(io.BytesIO(data), max_side)
+    return model_input(pixels, image_size), image_sha256(pixels)
+
+
+def write_bundle(folder, model_src, meta):
+    """Copy the model into `folder` and write deploy.json (meta + version, file name and sha256)."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    shutil.copyfile(model_src, folder / MODEL_FILE)
+    bundle = {"bundle_version": BUNDLE_VERSION, "model_file": MODEL_FILE,
+              "model_sha256": sha256_file(folder / MODEL_FILE), **meta}  # fmt: skip
+    (folder / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
+    return bundle
+
+
+def read_bundle(folder):
+    """deploy.json, checked: a known bundle version and a model file whose sha256 matches."""
+    path = Path(folder) / BUNDLE_JSON
+    if not path.is_file():
+        raise BundleError(f"{path} not found; expected a bundle folder written by the select stage (artifacts/deploy)")
+    try:
+        bundle = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from e
+    version = bundle.get("bundle_version")
+    if version != BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle_version={version!r} is not supported; this screen reads {BUNDLE_VERSION}")
+    model = Path(folder) / bundle["model_file"]
+    if not model.is_file():
+        raise BundleError(f"{model} not found; the bundle is incomplete")
+    digest = sha256_file(model)
+    if digest != bundle["model_sha256"]:
+        raise BundleError(
+            f"{model}: sha256 {digest[:16]}... does not match deploy.json model_sha256 "
+            f"{bundle['model_sha256'][:16]}...; the model file was changed or replaced"
+        )
+    bundle["model_path"] = str(model)
+    return bundle
+
+
+def raw_paths(sources, prep):
+    """The original file of each prepared image (manifest `source`), as prepare read it.
+
+    ELPV sources are `elpv:<row>`, rows of the elpv-dataset package's labels.csv; every other
+    adapter records the path relative to `prepare.root`.
+    """
+    if prep["dataset"] == "elpv":
+        import elpv_dataset
+
+        labels = Path(elpv_dataset.__file__).parent / "data" / "labels.csv"
+        rows = [line.split()[0] for line in labels.read_text().splitlines() if line.strip()]
+        return [labels.parent / rows[int(s.removeprefix("elpv:"))] for s in sources]
+    return [Path(prep["root"]).expanduser() / s for s in sources]

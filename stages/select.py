@@ -1,0 +1,132 @@
+"""select: pick the variant to deploy under constraints, write the bundle, and check it end to end.
+
+    python -m stages.select metrics/benchmark.json metrics/evaluate data/prepared artifacts/predictions \
+        artifacts/deploy metrics/select.json
+
+Decides from validation metrics and the benchmark only (lib/selection: constraints `select.*`, rule
+`select.objective`, see selection.OBJECTIVES); every variant is listed in metrics/select.json with what it failed and by how much,
+and the stage fails with that list when none qualifies. The pick's test metrics are the honest estimate.
+
+Then it checks the bundle the way a user runs it: `python -m stages.screen` in a fresh process (no
+torch) on up to `select.screen_images` raw files of the data set (the test split first), which gives
+the end-to-end images/s including decoding, and the skew check: on every test image, screen's score
+must match evaluate's within 1e-5 and its verdict exactly, or the stage fails.
+"""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from stages import screen
+from stages.lib import deploy, params, selection
+from stages.lib.outputs import write_json
+
+log = logging.getLogger("select")
+SKEW_TOLERANCE = 1e-5
+TEST_KEYS = ("threshold", "recall", "fpr", "precision", "f1", "auroc", "ap", "tp", "fp", "fn", "tn", "n_images",
+             "accuracy", "macro_recall", "macro_f1", "macro_auroc", "per_class_recall")  # fmt: skip
+
+
+def git_revision():
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip() != ""  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"revision": None, "dirty": None}
+    return {"revision": rev, "dirty": dirty}
+
+
+def test_metrics(ev):
+    """The evaluate result on test, with its intervals: the honest estimate of the pick."""
+    keep = {k: v for k, v in ev.items() if k in TEST_KEYS or k.endswith("_ci95") or "_at_" in k}
+    return {**keep, "threshold_rule": ev.get("threshold_rule"), "threshold_fallback": ev.get("threshold_fallback")}
+
+
+def run_screen(bundle_dir, files, work):
+    """`python -m stages.screen` on `files` in a fresh process: (verdict rows, its summary)."""
+    listing, out, summary = work / "files.txt", work / "verdicts.csv", work / "summary.json"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    cmd = [sys.executable, "-m", screen.__name__, str(bundle_dir), "--files-from", str(listing), "--out", str(out),
+           "--summary", str(summary)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"screen failed ({proc.returncode}) on the data set's own raw files:\n{proc.stderr[-3000:]}")
+    return pd.read_csv(out, dtype={"score": float}), json.loads(summary.read_text())
+
+
+def skew(verdicts, test_rows, predictions, classes):
+    """Screen vs evaluate on the test split: max |score difference| and verdict mismatches."""
+    theirs = predictions.assign(path=test_rows["raw"].astype(str).to_numpy())
+    both = theirs.merge(verdicts, on="path", suffixes=("_evaluate", "_screen"), validate="one_to_one")
+    if len(both) != len(theirs):
+        raise RuntimeError(f"screen scored {len(both)} of the {len(theirs)} test images")
+    diff = (both["score_evaluate"] - both["score_screen"]).abs()
+    mismatches = int((both["pred"].map(dict(enumerate(classes))) != both["verdict"]).sum())
+    same_pixels = bool((both["sha256_evaluate"] == both["pixel_sha256"]).all())
+    return {"images": len(both), "max_abs_score_diff": float(diff.max()), "verdict_mismatches": mismatches,
+            "same_pixels": same_pixels, "tolerance": SKEW_TOLERANCE}  # fmt: skip
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("benchmark", "evaluate_dir", "data_dir", "predictions_dir", "deploy_dir", "metrics"):
+        parser.add_argument(name)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    p = params.load()
+    info = json.loads((Path(args.data_dir) / "classes.json").read_text())
+    sel = selection.check(p["select"], info["task"])
+
+    bench = json.loads(Path(args.benchmark).read_text())
+    evaluations = {f.stem: json.loads(f.read_text()) for f in Path(args.evaluate_dir).glob("*.json")}
+    assessed = selection.assess(bench["variants"], evaluations, sel)
+    rule = selection.OBJECTIVES[sel["objective"]]
+    chosen = selection.pick(assessed, sel["objective"])
+    if chosen is None:
+        sys.exit(f"select: {selection.none_qualified_message(assessed, sel)}")
+    ev, entry = evaluations[chosen], bench["variants"][chosen]
+    log.info("selected %s (%s)", chosen, rule)
+
+    meta = {"variant": chosen, "task": info["task"], "classes": info["classes"],
+            "threshold": ev.get("threshold_exact"), "threshold_rule": ev.get("threshold_rule"),
+            "input_size": bench["image_size"], "decoding": deploy.decoding_rules(bench["image_size"],
+                                                                                p["prepare"]["max_side"]),
+            "selection": {"rule": rule, "constraints": {k: sel[k] for k in selection.CONSTRAINTS}},
+            "validation": ev["val"], "test": test_metrics(ev), "benchmark": entry,
+            "fingerprint": bench["fingerprint"], "params": p, "git": git_revision()}  # fmt: skip
+    bundle = deploy.write_bundle(args.deploy_dir, entry["model_file"], meta)
+
+    manifest = pd.read_csv(Path(args.data_dir) / "manifest.csv")
+    manifest["raw"] = deploy.raw_paths(manifest["source"], p["prepare"])
+    order = manifest["split"].map({"test": 0, "val": 1, "train": 2})
+    ordered = manifest.assign(order=order).sort_values("order", kind="stable")
+    test_rows = ordered[ordered["split"] == "test"]
+    files = ordered["raw"].iloc[: max(sel["screen_images"], len(test_rows))]
+    with tempfile.TemporaryDirectory() as tmp:
+        verdicts, summary = run_screen(args.deploy_dir, files, Path(tmp))
+    predictions = pd.read_csv(Path(args.predictions_dir) / f"{chosen}.csv")
+    check = skew(verdicts, test_rows, predictions, info["classes"])
+    throughput = {**summary, "model_only_throughput_img_s": entry["throughput_img_s"],
+                  "model_only_batch_size": bench["batch_size"]}  # fmt: skip
+
+    write_json(args.metrics, {"selected": chosen, "rule": rule,
+                              "constraints": {k: sel[k] for k in selection.CONSTRAINTS},
+                              "test": test_metrics(ev), "validation": ev["val"], "model_sha256": bundle["model_sha256"],
+                              "screen": throughput, "skew": check, "variants": assessed})  # fmt: skip
+    log.info("screen: %d images at %.1f images/s incl. decoding (model only, benchmark: %.1f img/s); skew on %d test "
+             "images: max |d score| %.2g, %d verdicts differ", summary["images"], summary["images_per_s"],
+             entry["throughput_img_s"], check["images"], check["max_abs_score_diff"],
+             check["verdict_mismatches"])  # fmt: skip
+    if check["max_abs_score_diff"] > SKEW_TOLERANCE or check["verdict_mismatches"] or not check["same_pixels"]:
+        sys.exit(f"select: training/serving skew: screen differs from evaluate on the test split: {check}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The screen command on a real (tiny) ONNX bundle, and decoding identical to prepare + evaluate."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from stages.lib import data, datasets, deploy, images
+from tests.conftest import ROOT
+
+SIZE = 32
+
+
+def brightness_model(path):
+    """ONNX: p(defect) = sigmoid(20 * (mean pixel - 0.5)); bright images are 'defects'."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["m", "shape"], ["m2"]),
+        helper.make_node("MatMul", ["m2", "w"], ["mw"]),
+        helper.make_node("Add", ["mw", "b"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1]),
+        helper.make_tensor("w", TensorProto.FLOAT, [1, 2], [-10.0, 10.0]),
+        helper.make_tensor("b", TensorProto.FLOAT, [2], [5.0, -5.0]),
+    ]
+    graph = helper.make_graph(
+        nodes, "brightness", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    brightness_model(tmp_path / "src.onnx")
+    meta = {"variant": "tiny", "task": "binary", "classes": ["good", "defect"], "threshold": 0.5,
+            "input_size": SIZE, "decoding": deploy.decoding_rules(SIZE, 64), "benchmark": {"threads": 1}}  # fmt: skip
+    deploy.write_bundle(tmp_path / "deploy", tmp_path / "src.onnx", meta)
+    return tmp_path / "deploy"
+
+
+def mixed_folder(folder):
+    """Good (dark), defective (bright) and broken files, in a nested folder as a line might deliver them."""
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((40, 50), 30, np.uint8)).save(folder / "dark.png")
+    Image.fromarray(np.full((40, 40, 3), 220, np.uint8)).save(folder / "sub" / "bright.jpg")
+    Image.fromarray(np.full((100, 80), 60000, np.uint16)).save(folder / "bright16.png")  # 16-bit: v >> 8 = 234
+    Image.fromarray(np.full((30, 30, 4), 10, np.uint8)).save(folder / "dark_rgba.png")
+    good = (folder / "dark.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "sub" / "not_an_image.bmp").write_text("hello")
+    (folder / "notes.txt").write_text("not picked up: not an image suffix")
+
+
+def run_screen(*args):
+    return subprocess.run([sys.executable, "-m", "stages.screen", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True)  # fmt: skip
+
+
+def test_screen_mixed_folder_gives_verdicts_lists_broken_files_and_exits_nonzero(bundle, tmp_path):
+    mixed_folder(tmp_path / "line")
+    out = tmp_path / "verdicts.csv"
+    proc = run_screen(bundle, tmp_path / "line", "--out", out, "--summary", tmp_path / "s.json")
+    assert proc.returncode == 2, proc.stderr
+    rows = {r["path"].split("line/")[1]: r for r in csv.DictReader(out.open())}
+    assert {k: r["verdict"] for k, r in rows.items()} == {
+        "dark.png": "good", "dark_rgba.png": "good", "bright16.png": "defect", "sub/bright.jpg": "defect"}  # fmt: skip
+    assert rows["dark.png"]["sha256"] == deploy.sha256_file(tmp_path / "line" / "dark.png")
+    skipped = {r["path"].split("line/")[1] for r in csv.DictReader(out.with_suffix(".skipped.csv").open())}
+    assert skipped == {"truncated.png", "sub/not_an_image.bmp"}
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["images"] == 4 and summary["skipped"] == 2 and summary["verdicts"] == {"good": 2, "defect": 2}
+    assert summary["torch_imported"] is False  # the process that ran the model never loaded torch
+    assert "2 unreadable skipped" in proc.stderr
+
+
+def test_clean_input_exits_zero(bundle, tmp_path):
+    Image.fromarray(np.full((20, 20), 200, np.uint8)).save(tmp_path / "a.png")
+    proc = run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv")
+    assert proc.returncode == 0, proc.stderr
+    score = float(next(csv.DictReader((tmp_path / "v.csv").open()))["score"])
+    assert score == pytest.approx(1 / (1 + np.exp(-(20 * 200 / 255 - 10))), abs=1e-6)
+
+
+def test_screen_never_imports_torch(bundle, tmp_path):
+    Image.fromarray(np.full((20, 20), 10, np.uint8)).save(tmp_path / "a.png")
+    code = ("import runpy, sys\nsys.argv = ['screen', sys.argv[1], sys.argv[2], '--out', sys.argv[3]]\n"
+            "try:\n    runpy.run_module('stages.screen', run_name='__main__')\nfinally:\n"
+            "    print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle), str(tmp_path / "a.png"), str(tmp_path / "v.csv")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("NO_TORCH"), proc.stdout + proc.stderr
+
+
+def one_line_error(proc, *fragments):
+    assert proc.returncode == 1
+    msg = proc.stderr.strip()
+    assert len(msg.splitlines()) == 1 and msg.startswith("screen: "), msg
+    for f in fragments:
+        assert f in msg, msg
+
+
+def test_bad_bundle_and_empty_input_stop_with_one_line(bundle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_line_error(run_screen(bundle, tmp_path / "empty", "--out", tmp_path / "v.csv"), "no image files")
+    one_line_error(run_screen(bundle, tmp_path / "missing.png", "--out", tmp_path / "v.csv"), "does not exist")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+
+    meta = json.loads((bundle / "deploy.json").read_text())
+    (bundle / "deploy.json").write_text(json.dumps({**meta, "bundle_version": 99}))
+    one_line_error(run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "bundle_version=99")
+    (bundle / "deploy.json").write_text(json.dumps(meta))
+    with open(bundle / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    one_line_error(run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "sha256", "does not match")
+    one_line_error(run_screen(tmp_path, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "deploy.json not found")
+
+
+@pytest.mark.parametrize("max_side", [None, 64])
+def test_decoding_matches_prepare_then_load_split(tmp_path, max_side):
+    """Raw file -> prepare (read_image, PNG) -> data.load_split + to_float == deploy.decode of the raw file."""
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    Image.fromarray(rng.integers(0, 256, (90, 120), np.uint8)).save(raw / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (70, 50, 3), np.uint8)).save(raw / "rgb.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 4), np.uint8)).save(raw / "rgba.png")
+    Image.fromarray(rng.integers(0, 65536, (150, 40), np.uint16)).save(raw / "deep.png")
+    Image.fromarray(rng.integers(0, 256, (33, 47), np.uint8)).convert("P").save(raw / "palette.bmp")
+    files = sorted(raw.iterdir())
+    pixels = [images.read_image(f, max_side) for f in files]
+    table = datasets.pd.DataFrame({"label": 0, "split": "test", "sha256": [images.image_sha256(p) for p in pixels]})
+    datasets.write_prepared(tmp_path / "prepared", pixels, table)
+    x, _ = data.load_split(tmp_path / "prepared", "test", SIZE)
+    expected = data.to_float(x).numpy()
+    for i, f in enumerate(files):
+        got, pixel_sha = deploy.decode(f.read_bytes(), SIZE, max_side)
+        assert got.dtype == np.float32 and np.array_equal(got, expected[i]), f.name
+        assert pixel_sha == table["sha256"][i]

@@ -1,0 +1,112 @@
+"""Threshold rules (Clopper-Pearson margin) and choosing the variant to deploy under constraints."""
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from stages.lib import selection, thresholds
+from stages.lib.params import ParamError
+
+
+def test_lower_bound_matches_the_exact_binomial_interval():
+    for k, n in ((9, 9), (117, 123), (50, 60), (1, 3)):
+        one_sided = binomtest(k, n, alternative="greater").proportion_ci(0.95, method="exact").low
+        assert thresholds.recall_lower_bound(k, n) == pytest.approx(one_sided, abs=1e-9)
+        two_sided = binomtest(k, n).proportion_ci(0.95, method="exact")
+        assert thresholds.clopper_pearson(k, n) == pytest.approx([two_sided.low, two_sided.high], abs=1e-4)
+    assert thresholds.recall_lower_bound(0, 5) == 0.0
+
+
+def test_lower_bound_rule_leaves_a_margin_and_the_bound_reaches_the_target():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(200, int), np.zeros(300, int)]
+    scores = np.clip(rng.normal(0.3 + 0.4 * labels, 0.15), 0, 1)
+    high, fb_high = thresholds.choose(scores, labels, 0.95, "highest")
+    low, fb_low = thresholds.choose(scores, labels, 0.95, "lower_bound")
+    assert not fb_high and not fb_low and low < high  # the margin: a lower threshold catches more
+    point = thresholds.operating_point(scores, labels, low)
+    assert point["recall_lower_bound"] >= 0.95
+    # the next higher validation defect score would not be shown to reach the target
+    pos = np.sort(scores[labels == 1])
+    higher = pos[pos > low].min()
+    assert thresholds.operating_point(scores, labels, higher)["recall_lower_bound"] < 0.95
+
+
+def test_lower_bound_falls_back_to_the_lowest_defect_when_too_few_defects():
+    # 9 validation defects (MVTec bottle): the best bound is 0.05 ** (1 / 9) = 0.717 < 0.95
+    labels = np.r_[np.ones(9, int), np.zeros(20, int)]
+    scores = np.r_[np.linspace(0.6, 0.99, 9), np.linspace(0.0, 0.5, 20)]
+    t, fallback = thresholds.choose(scores, labels, 0.95, "lower_bound")
+    assert fallback and t == pytest.approx(0.6)
+    assert thresholds.choose(scores, labels, 0.7, "lower_bound") == (pytest.approx(0.6), False)
+
+
+def variant(runtime, recall_lb, fpr, auroc, ms, mb, rss):
+    ev = {"val": {"recall": 0.97, "recall_lower_bound": recall_lb, "fpr": fpr, "auroc": auroc}}
+    bench = {"runtime": runtime, "model_file": "m", "latency_ms_p50": ms, "size_mb": mb, "peak_rss_mb": rss}
+    return ev, bench
+
+
+SEL = {"min_recall": 0.9, "max_fpr": None, "max_latency_ms": None, "max_size_mb": None, "max_peak_rss_mb": None,
+       "objective": "latency", "screen_images": 10}  # fmt: skip
+VARIANTS = {
+    "teacher_fp32": variant("torch", 0.95, 0.2, 0.95, 10.0, 18.0, 1000),
+    "teacher_ort": variant("onnxruntime", 0.95, 0.2, 0.95, 4.0, 18.0, 150),
+    "student_int8": variant("onnxruntime", 0.93, 0.3, 0.90, 1.0, 3.5, 90),
+    "student_ort": variant("onnxruntime", 0.88, 0.25, 0.92, 2.0, 13.0, 100),
+}
+
+
+def assess(**overrides):
+    evals = {k: v[0] for k, v in VARIANTS.items()}
+    bench = {k: v[1] for k, v in VARIANTS.items()}
+    return selection.assess(bench, evals, {**SEL, **overrides})
+
+
+def test_fastest_qualified_onnx_variant_is_picked_and_every_failure_is_listed():
+    a = assess()
+    assert selection.pick(a) == "student_int8"
+    assert not a["teacher_fp32"]["qualified"] and set(a["teacher_fp32"]["failed"]) == {"runtime"}
+    assert a["student_ort"]["failed"]["min_recall"] == {"value": 0.88, "limit": 0.9, "by": 0.02}
+    assert a["teacher_ort"]["qualified"]
+
+
+def test_constraints_change_the_pick():
+    a = assess(max_fpr=0.25)
+    assert a["student_int8"]["failed"]["max_fpr"]["by"] == pytest.approx(0.05)
+    assert selection.pick(a) == "teacher_ort"
+    # objective auroc: the best validation AUROC within the budget; a latency ceiling moves the pick
+    assert selection.pick(assess(objective="auroc"), "auroc") == "teacher_ort"
+    assert selection.pick(assess(objective="auroc", max_latency_ms=3.0), "auroc") == "student_int8"
+
+
+def test_ties_in_latency_go_to_the_higher_validation_auroc():
+    a = {"a": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.9},
+         "b": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.95}}  # fmt: skip
+    assert selection.pick(a) == "b"
+    a["b"]["val_auroc"] = float("nan")  # undefined AUROC (a class missing from validation) ranks last
+    assert selection.pick(a, "auroc") == "a" and selection.pick(a) == "a"
+
+
+def test_none_qualified_message_lists_every_variant_and_by_how_much():
+    a = assess(max_size_mb=1.0, min_recall=0.99)
+    assert selection.pick(a) is None
+    msg = selection.none_qualified_message(a, {**SEL, "max_size_mb": 1.0, "min_recall": 0.99})
+    for name in VARIANTS:
+        assert name in msg
+    assert "max_size_mb: 3.5 vs 1.0 (off by 2.5 MB)" in msg and "runtime" in msg
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "task"),
+    [
+        ("min_recall", 1.5, "binary"),
+        ("max_latency_ms", 0, "binary"),
+        ("max_fpr", 0.1, "multiclass"),
+        ("objective", "cheapest", "binary"),
+        ("screen_images", 0, "binary"),
+    ],
+)
+def test_bad_select_params_stop_with_the_key(key, value, task):
+    with pytest.raises(ParamError, match=f"select.{key}"):
+        selection.check({**SEL, key: value}, task)
