@@ -5,6 +5,9 @@ variant holds ORT's memory alone, as it would in deployment. Each runner records
 runtime settings it used (`settings`), so a benchmark result says how it was measured.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -71,6 +74,17 @@ class OrtRunner:
 
     def __call__(self, x):
         return self.session.run(None, {self.input: x})[0]
+
+
+def read_variant(variant_dir):
+    """(model file path, runtime name, variant.json) of a variant folder written by the quantize stage."""
+    folder = Path(variant_dir)
+    if not (folder / "variant.json").is_file():
+        raise FileNotFoundError(f"{folder}/variant.json not found; run the quantize stage for this variant first")
+    info = json.loads((folder / "variant.json").read_text())
+    if info["runtime"] not in RUNTIMES:
+        raise ValueError(f"{folder}/variant.json: runtime={info['runtime']!r}; expected one of {list(RUNTIMES)}")
+    return folder / info["file"], info["runtime"], info
 
 
 def load_runner(path, runtime, threads, device="cpu", channels_last=False):
