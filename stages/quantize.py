@@ -130,7 +130,9 @@ def main():
             "size_mb": round(path.stat().st_size / 2**20, 3), "settings": stats["settings"]}  # fmt: skip
     (out / "variant.json").write_text(json.dumps(info, indent=2) + "\n")
     stats["size_mb"] = info["size_mb"]
-    stats["op_counts"] = quantization.op_counts(path) if path.suffix == ".onnx" else {}
+    if path.suffix == ".onnx":
+        stats["op_counts"] = quantization.op_counts(path)
+        stats["weight_scales"] = quantization.weight_scales(path)  # what the graph holds, whatever was asked
 
     if kind != "torch":  # how far the variant moved from the FP32 model, on validation images
         ref = runtime.TorchRunner(args.model, p["base"]["threads"])

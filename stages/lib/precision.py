@@ -15,7 +15,9 @@ from stages.lib import writeup
 TWIN = "ort_fp32"  # the recipe every other recipe of a model is paired with
 NOTES = {
     "ort_dynamic": "dynamic INT8: convolutions become ConvInteger, which ONNX Runtime's CPU kernels do not optimise "
-    "(and activation ranges are computed at every call); expect it slower than FP32 for CNNs.",
+    "(and activation ranges are computed at every call); expect it slower than FP32 for CNNs. ConvInteger also "
+    "keeps one weight scale per tensor even when per-channel is asked for (metrics/quantize: weight_scales), so "
+    "depthwise CNNs lose accuracy as with per-tensor static INT8.",
     "onnx_fp16": "FP16: most x86 CPUs have no FP16 arithmetic, so ONNX Runtime casts around its kernels; expect it "
     "slower than FP32 on CPU (a GPU runs it natively: see the GPU columns when one was present).",
     "cluster": "weight clustering: the palettised size (indices + codebook) is what shrinks; the dense kernels "

@@ -157,8 +157,28 @@ def op_counts(path):
     return dict(sorted(counts.items()))
 
 
-def quantized_inputs(path):
-    """Op types whose inputs come from a DequantizeLinear (computed on quantized values) in a QDQ graph."""
+def weight_scales(path):
+    """How the graph's INT8 weights are scaled: 'per_channel', 'per_tensor', 'mixed', or None (no INT8 weights).
+
+    Read from the graph, not the recipe: dynamic INT8 (ConvInteger) keeps one scale per weight tensor
+    even when asked for per-channel scales.
+    """
+    from onnx import numpy_helper
+
     graph = onnx.load(str(path), load_external_data=False).graph
-    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return sorted({n.op_type for n in graph.node if n.op_type != "QuantizeLinear" and set(n.input) & dq_outputs})
+    scales = [numpy_helper.to_array(t).size for t in graph.initializer
+              if t.name.endswith("_scale") and t.name.removesuffix("_scale").endswith("weight")]  # fmt: skip
+    found = {"per_channel" if n > 1 else "per_tensor" for n in scales}
+    return None if not found else found.pop() if len(found) == 1 else "mixed"
+
+
+def int8_nodes(path):
+    """{node name: op type} of the nodes that compute in INT8 in a QDQ graph: every input is dequantized.
+
+    A node kept in float may still read a dequantized activation (its producer's output is quantized for
+    other consumers), but its weights and its arithmetic stay float.
+    """
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: n.op_type for n in graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and all(i in dq for i in n.input if i)}  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stages.lib.quantization import ImageReader
+from stages.lib import quantization
 
 
 def _sqnr(reference, noisy):
@@ -28,14 +28,6 @@ def _sqnr(reference, noisy):
     err = ref - np.concatenate([np.asarray(a, np.float64).ravel() for a in noisy])
     noise = float(np.sum(err**2))
     return math.inf if noise == 0 else 10 * math.log10(max(float(np.sum(ref**2)), 1e-30) / noise)
-
-
-def quantized_nodes(qdq_path):
-    """{node name: op type} of compute nodes fed by DequantizeLinear in a QDQ graph."""
-    graph = onnx.load(str(qdq_path), load_external_data=False).graph
-    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return {n.name: n.op_type for n in graph.node
-            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and set(n.input) & dq}  # fmt: skip
 
 
 def layer_sensitivity(float_path, qdq_path, x):
@@ -51,14 +43,14 @@ def layer_sensitivity(float_path, qdq_path, x):
         aug_f, aug_q = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
         dbg.modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
         dbg.modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
-        float_acts = dbg.collect_activations(str(aug_f), ImageReader(x))
-        qdq_acts = dbg.collect_activations(str(aug_q), ImageReader(x))
+        float_acts = dbg.collect_activations(str(aug_f), quantization.ImageReader(x))
+        qdq_acts = dbg.collect_activations(str(aug_q), quantization.ImageReader(x))
     matching = dbg.create_activation_matching(qdq_acts, float_acts)
     act_sqnr = {t: _sqnr(m["pre_qdq"], m["post_qdq"]) for t, m in matching.items() if "post_qdq" in m}
     weights = dbg.create_weight_matching(str(float_path), str(qdq_path))
     w_sqnr = {t: _sqnr([m["float"]], [m["dequantized"]]) for t, m in weights.items()}
 
-    ops = quantized_nodes(qdq_path)
+    ops = quantization.int8_nodes(qdq_path)
     graph = onnx.load(str(float_path), load_external_data=False).graph
     rows = []
     for node in graph.node:
