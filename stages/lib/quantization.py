@@ -100,7 +100,9 @@ def quantize_static_qdq(fp32_path, int8_path, calib_x=None, cache=None, per_chan
 
     Ranges come from `calib_x` (N,3,S,S float32), or from `cache` (calibration JSON) when that file
     exists; with `cache` given, freshly computed ranges are written there. `exclude`: node names kept
-    in float; `op_types`: the op types to quantize (None = all ORT can). `preprocessed`: `fp32_path` already
+    in float; `op_types`: the op types to quantize (None = all ORT can); when given, their outputs stay
+    float too (ORT quantizes a MatMul's output by default, which would hand the Softmax, LayerNorm or
+    residual Add after it quantized inputs: DQ -> MatMul then runs as MatMulIntegerToFloat). `preprocessed`: `fp32_path` already
     went through `preprocess` (node names then match the graph a sensitivity analysis ran on).
     """
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
@@ -123,6 +125,7 @@ def quantize_static_qdq(fp32_path, int8_path, calib_x=None, cache=None, per_chan
         nodes_to_exclude=list(exclude),
         calibrate_method=CALIBRATION_METHODS[calibrate_method],
         calibration_cache_path=None if cache is None else str(cache),
+        extra_options=None if op_types is None else {"OpTypesToExcludeOutputQuantization": list(op_types)},
     )
     prepped.unlink()
     return int8_path
