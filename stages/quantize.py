@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib import data, metrics, models, params, quantization, recipes, runtime, sensitivity
+from stages.lib import clustering, data, metrics, models, params, pt2e, quantization, recipes, runtime, sensitivity
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("quantize")
@@ -35,10 +35,16 @@ def check(p, recipe_name):
     return q, recipes.find(q["recipes"], recipe_name)
 
 
-def make(kind, setting, model_pt, model, out, calib, tmp):
+def make(kind, setting, model_pt, model, card, out, calib, tmp):
     """Write the variant's model file into `out`; returns (path, extra metrics)."""
     if kind == "torch":
         return Path(shutil.copy(model_pt, out / "model.pt")), {}
+    if kind == "cluster":  # k-means weights; still a dense float model, run in PyTorch
+        clustered, info = clustering.apply_recipe(model, setting, seed=0)
+        models.save(out, clustered, {**card, **info})
+        return out / "model.pt", {"clustering": info}
+    if kind == "pt2e":  # PyTorch-native INT8 (torchao PT2E, X86 Inductor quantizer), run compiled
+        return pt2e.save(pt2e.quantize(model, calib), out / "model.pt2"), {}
     size = calib.shape[-1]
     fp32 = quantization.export_onnx(model, tmp / "fp32.onnx", size)
     target = out / "model.onnx"
@@ -119,9 +125,11 @@ def main():
     x_val, y_val = data.load_split(args.data_dir, "val", size)
     x_val, y_val = data.to_float(x_val).numpy(), y_val.numpy()
     with tempfile.TemporaryDirectory(prefix="quantize.") as tmp:
-        path, static = make(kind, setting, args.model, model, out, calib, Path(tmp))
+        path, static = make(kind, setting, args.model, model, card, out, calib, Path(tmp))
         stats = {"variant": args.variant, "recipe": args.recipe, "kind": kind, **cpu,
                  "settings": {k: v for k, v in setting.items() if k != "kind"}}  # fmt: skip
+        if "clustering" in static:
+            stats |= static.pop("clustering")
         if static:
             stats |= fallback(static, path, x_val[: q["sensitivity_images"]], setting["fp32_layers"])
             stats["calibration_images"] = len(calib)

@@ -25,10 +25,11 @@ TINY = {
     "prepare": {"max_images": 80},
     "train": {"epochs": 1, "batch_size": 16},
     "prune": {"epochs": 1},
-    "quantize": {"calibration_images": 8},
+    "quantize": {"sensitivity_images": 4},
     "evaluate": {"bootstrap": 200},
     "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
 }
+TINY_RECIPES = {"calibration_images": 8}  # applied to every recipe of quantize.recipes that has the option
 UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -57,6 +58,8 @@ def set_params(repo, overrides):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in overrides.items():
         params[section].update(values)
+    for recipe in params["quantize"]["recipes"].values():
+        recipe.update({k: v for k, v in TINY_RECIPES.items() if k in recipe})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -81,23 +84,32 @@ def repo(tmp_path_factory):
     return repo, first.stdout
 
 
+def compared(repo):
+    compare = yaml.safe_load((repo / "params.yaml").read_text())["compare"]
+    return [f"{m}_{r}" for m in compare["models"] for r in compare["recipes"]]
+
+
 def test_every_stage_runs_and_writes_its_outputs(repo):
     repo, out = repo
-    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
+    variants = compared(repo)
     expected = ["prepare", "finetune_teacher", "train_student", "distill", "prune", "report", "benchmark"]
-    expected += [f"quantize/{m}" for m in ("teacher", "student_kd", "student_pruned")]
-    expected += [f"evaluate/{v}" for v in variants]
+    expected += [f"quantize/{v}" for v in variants] + [f"evaluate/{v}" for v in variants]
     for name in expected:
         assert (repo / "metrics" / f"{name}.json").exists(), name
-    assert len(ran(out)) == 5 + 3 + len(variants) + 4  # + fingerprint, benchmark, report, bundle_vega
+    assert len(ran(out)) == 5 + 2 * len(variants) + 4  # + fingerprint, benchmark, report, bundle_vega
+    for v in variants:
+        info = json.loads((repo / "artifacts/variants" / v / "variant.json").read_text())
+        assert (repo / "artifacts/variants" / v / info["file"]).is_file() and info["variant"] == v
+    assert (repo / "artifacts/variants/student_kd_int8_static_pc/calibration.json").is_file()
+    q = json.loads((repo / "metrics/quantize/student_kd_int8_static_pc.json").read_text())
+    assert {"cpu_vnni", "ptq_hurt", "val_auroc_delta_pt_ci95", "sensitive_1", "weight_scales"} <= set(q)
 
     prune = json.loads((repo / "metrics/prune.json").read_text())
     assert prune["params_after_m"] < prune["params_before_m"]
-    ev = json.loads((repo / "metrics/evaluate/student_kd_int8.json").read_text())
+    ev = json.loads((repo / "metrics/evaluate/student_kd_int8_static_pc.json").read_text())
     assert {"recall", "fnr", "fpr", "precision", "f1", "auroc", "ap", "threshold", "recall_at_fpr_5pct"} <= set(ev)
     assert {"recall_ci95", "fpr_ci95", "auroc_ci95", "fpr_at_recall_95pct_ci95", "recall_at_fpr_1pct_ci95"} <= set(ev)
-    assert "cell_type" in ev["by"] and (repo / "artifacts/predictions/student_kd_int8.csv").exists()
+    assert "cell_type" in ev["by"] and (repo / "artifacts/predictions/student_kd_int8_static_pc.csv").exists()
 
     bench = json.loads((repo / "metrics/benchmark.json").read_text())
     fingerprint = json.loads((repo / "metrics/fingerprint.json").read_text())
@@ -112,17 +124,19 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
 
     report = json.loads((repo / "metrics/report.json").read_text())
     table = report["variants"]
-    assert set(table) == set(variants) and table["teacher_fp32"]["speedup_x"] == 1.0
-    assert table["teacher_fp32"]["speedup_x_1t"] == 1.0
-    assert table["teacher_fp32"]["auroc_delta_pt_ci_low"] == 0  # paired with itself
+    assert set(table) == set(variants) and table["teacher_torch_fp32"]["speedup_x"] == 1.0
+    assert table["teacher_torch_fp32"]["speedup_x_1t"] == 1.0
+    assert table["teacher_torch_fp32"]["auroc_delta_pt_ci_low"] == 0  # paired with itself
+    assert {r["variant"] for r in report["precision"]} == set(variants)
     assert {"runtime", "int8", "pruning", "distillation"} <= set(report["steps"]) and report["recommended"] in variants
     headline = json.loads((repo / "metrics/headline.json").read_text())
     assert (
-        headline["recommended"] == report["recommended"] and headline["ref"]["auroc"] == table["teacher_fp32"]["auroc"]
+        headline["recommended"] == report["recommended"]
+        and headline["ref"]["auroc"] == table["teacher_torch_fp32"]["auroc"]
     )
     text = (repo / "REPORT.md").read_text()
     for heading in ("## Data and split", "## Machine", "## What each step bought and cost", "## Recommended variant",
-                    "## Caveats", fingerprint["id"]):  # fmt: skip
+                    "## Which precision?", "**Did PTQ hurt?**", "## Caveats", fingerprint["id"]):  # fmt: skip
         assert heading in text
     for f in ("comparison.csv", "pareto.csv", "pareto.png"):
         assert (repo / "plots/report" / f).stat().st_size > 0
@@ -160,11 +174,15 @@ def test_clone_reuses_benchmark_on_same_machine_and_remeasures_on_another(repo, 
 
 def test_quantize_param_reruns_only_quantize_and_downstream(repo):
     repo, _ = repo
-    set_params(repo, {"quantize": {"per_channel": False}})
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["quantize"]["recipes"]["int8_static_pc"]["per_channel"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = ran(dvc("repro", cwd=repo).stdout)
-    assert {"quantize@teacher", "quantize@student_kd", "quantize@student_pruned"} <= stages
-    assert {"evaluate@student_kd_int8", "benchmark", "report"} <= stages
+    models = params["compare"]["models"]
+    assert {f"quantize@{m}-int8_static_pc" for m in models} | {f"evaluate@{m}-int8_static_pc" for m in models} <= stages
+    assert {"benchmark", "report"} <= stages
     assert not stages & UPSTREAM
+    assert not {s for s in stages if "@" in s and not s.endswith("-int8_static_pc")}, stages  # other recipes kept
     allowed = {"quantize", "evaluate", "benchmark", "report", "fingerprint"}
     assert all(s.split("@")[0] in allowed for s in stages), stages
 

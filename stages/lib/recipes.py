@@ -35,10 +35,11 @@ KINDS = {
         "op_types": {"auto", "all", "vit_safe"},
     },
 }
-# What each kind writes and how it is run.
+# Kinds whose module checks its own options (and fills its defaults): lib/clustering.py, lib/pt2e.py.
+DELEGATED = {"cluster", "pt2e"}
+# How each kind's file is run (runtime.RUNTIMES).
 RUNTIME = {"torch": "torch", "onnx_fp32": "onnxruntime", "onnx_fp16": "onnxruntime", "ort_static": "onnxruntime",
-           "ort_dynamic": "onnxruntime"}  # fmt: skip
-FILE = {"torch": "model.pt"}  # every other kind writes model.onnx
+           "ort_dynamic": "onnxruntime", "cluster": "torch", "pt2e": "torch_pt2e"}  # fmt: skip
 
 # ViT-safe INT8: only the matrix multiplies are quantized. Softmax, LayerNorm, GELU and the residual
 # Adds stay float: their outputs have outliers that one INT8 scale per tensor cannot hold.
@@ -54,7 +55,15 @@ def check(name, recipe, recipes_key="quantize.recipes"):
     key = f"{recipes_key}.{name}"
     if not isinstance(recipe, dict) or "kind" not in recipe:
         raise ParamError(f"{key}={recipe!r} is not allowed; expected a mapping with 'kind', one of {sorted(KINDS)}")
-    kind = check_choice(f"{key}.kind", recipe["kind"], set(KINDS))
+    kind = check_choice(f"{key}.kind", recipe["kind"], set(KINDS) | DELEGATED)
+    if kind == "cluster":
+        from stages.lib import clustering
+
+        return clustering.check_recipe(key, recipe)
+    if kind == "pt2e":
+        from stages.lib import pt2e
+
+        return pt2e.check_recipe(key, recipe)
     options = {k: v for k, v in recipe.items() if k != "kind"}
     allowed = KINDS[kind]
     unknown = sorted(set(options) - set(allowed))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "torch_pt2e")  # torch_pt2e: a torchao PT2E INT8 program, Inductor-compiled
 
 # ONNX Runtime CPU settings for every session (evaluate and benchmark alike). Intra-op threads
 # spin-wait between operators (ORT's default): lower, steadier batch-1 latency at the price of
@@ -88,11 +88,17 @@ def read_variant(variant_dir):
 
 
 def load_runner(path, runtime, threads, device="cpu", channels_last=False):
+    if runtime == "torch_pt2e":
+        from stages.lib import pt2e
+
+        return pt2e.Pt2eRunner(path, threads, device, channels_last)
     cls = {"torch": TorchRunner, "onnxruntime": OrtRunner}[runtime]
     return cls(path, threads, device, channels_last)
 
 
 def gpu_available(runtime):
+    if runtime == "torch_pt2e":
+        return False  # the X86 Inductor INT8 program is CPU only
     if runtime == "torch":
         import torch
 
