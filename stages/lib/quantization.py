@@ -176,12 +176,24 @@ def weight_scales(path):
 
 
 def int8_nodes(path):
-    """{node name: op type} of the nodes that compute in INT8 in a QDQ graph: every input is dequantized.
+    """{node name: op type} of the nodes that run in INT8 in a QDQ graph.
 
-    A node kept in float may still read a dequantized activation (its producer's output is quantized for
-    other consumers), but its weights and its arithmetic stay float.
+    ORT fuses DequantizeLinear -> op -> QuantizeLinear into an integer kernel: every input dequantized and
+    every output quantized. MatMul/Gemm also run in INT8 with a float output (MatMulIntegerToFloat).
+    A node kept in float may still read dequantized activations (its producers' outputs are quantized
+    for other consumers), but its weights and its arithmetic stay float.
     """
-    graph = onnx.load(str(path), load_external_data=False).graph
+    return int8_nodes_of(onnx.load(str(path), load_external_data=False).graph)
+
+
+def int8_nodes_of(graph):
+    """`int8_nodes` of a loaded graph."""
     dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return {n.name: n.op_type for n in graph.node
-            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and all(i in dq for i in n.input if i)}  # fmt: skip
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    out = {}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or not all(i in dq for i in n.input if i):
+            continue
+        if n.op_type in ("MatMul", "Gemm") or all(o in quantized for o in n.output):
+            out[n.name] = n.op_type
+    return out

@@ -1,15 +1,20 @@
 """Per-layer INT8 sensitivity, and which layers a mixed-precision recipe keeps in float.
 
-With ONNX Runtime's `qdq_loss_debug` tools, the FP32 graph and its QDQ version are run on the
-same validation images with every intermediate tensor exposed. For each quantized node (Conv,
-MatMul, Gemm ...), the quantization noise it sees is that of its inputs: the activation's
-QuantizeLinear -> DequantizeLinear round trip (measured in the QDQ model on real images) and
-its weight's (dequantized vs float). Both are signal-to-quantization-noise ratios in dB; the
-node's noise is their sum in linear power, so its SQNR is
+For each node that computes in INT8 (Conv, MatMul, Gemm ...), the quantization noise it sees is
+that of its inputs: each activation's QuantizeLinear -> DequantizeLinear round trip, applied to
+the activations the *FP32* graph produces on validation images (ONNX Runtime's `qdq_loss_debug`
+exposes every intermediate tensor), and its weight's (dequantized vs float). Measuring the round
+trip on float activations keeps the error local: what upstream layers already lost does not count
+against this one. Each is a signal-to-quantization-noise ratio (SQNR, dB, against the value clipped
+to the representable range, as the calibrated range clips it); the node's noise is their sum in
+linear power, so its SQNR is
 
     sqnr_db = -10 log10(sum over inputs of 10^(-sqnr_i / 10)).
 
-The lowest SQNR is the most sensitive node: `fp32_layers: k` keeps the k lowest in float.
+The lowest SQNR is the most sensitive node: `fp32_layers: k` keeps the k lowest in float. Only
+layers with weights (Conv, MatMul, Gemm) are ranked: excluding one keeps its weights and arithmetic
+float. A weightless op (a residual Add) between quantized layers would still be fused into an INT8
+kernel by ONNX Runtime (its inputs and output are quantized for its neighbours), so it cannot fall back.
 """
 
 import math
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from stages.lib import quantization
 
@@ -30,8 +36,33 @@ def _sqnr(reference, noisy):
     return math.inf if noise == 0 else 10 * math.log10(max(float(np.sum(ref**2)), 1e-30) / noise)
 
 
+def _activation_qparams(graph):
+    """{(node name, input index): (float tensor name, scale, zero point)} for activations a node reads dequantized."""
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    out = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
+                zp = inits[q.input[2]] if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+                out[(node.name, i)] = (q.input[0], inits[q.input[1]], zp)
+    return out
+
+
+def fake_quant_sqnr(x, scale, zero_point):
+    """SQNR (dB) of quantize -> dequantize on float values `x`, against `x` clipped to the representable range."""
+    info = np.iinfo(zero_point.dtype)
+    zp, scale = zero_point.astype(np.float64), np.asarray(scale, np.float64)
+    x = np.asarray(x, np.float64)
+    q = np.clip(np.round(x / scale) + zp, info.min, info.max)
+    ref = np.clip(x, (info.min - zp) * scale, (info.max - zp) * scale)
+    return _sqnr([ref], [(q - zp) * scale])
+
+
 def layer_sensitivity(float_path, qdq_path, x):
-    """Per quantized node, the SQNR (dB) of the quantization noise at its inputs on images `x`, lowest first.
+    """Per INT8 node, the SQNR (dB) of the quantization noise at its inputs on images `x`, lowest first.
 
     `float_path` must be the exact graph that was quantized (after `quantization.preprocess`), so that
     tensor and node names match. Returns a list of {"node", "op", "sqnr_db"}.
@@ -40,27 +71,40 @@ def layer_sensitivity(float_path, qdq_path, x):
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
-        aug_f, aug_q = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
-        dbg.modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
-        dbg.modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
-        float_acts = dbg.collect_activations(str(aug_f), quantization.ImageReader(x))
-        qdq_acts = dbg.collect_activations(str(aug_q), quantization.ImageReader(x))
-    matching = dbg.create_activation_matching(qdq_acts, float_acts)
-    act_sqnr = {t: _sqnr(m["pre_qdq"], m["post_qdq"]) for t, m in matching.items() if "post_qdq" in m}
+        augmented = Path(tmp) / "float.onnx"
+        dbg.modify_model_output_intermediate_tensors(str(float_path), str(augmented))
+        acts = dbg.collect_activations(str(augmented), quantization.ImageReader(x))
+    acts = {k: np.concatenate([np.ravel(a) for a in v]) for k, v in acts.items()}
+    acts["image"] = x.ravel()
     weights = dbg.create_weight_matching(str(float_path), str(qdq_path))
     w_sqnr = {t: _sqnr([m["float"]], [m["dequantized"]]) for t, m in weights.items()}
 
-    ops = quantization.int8_nodes(qdq_path)
-    graph = onnx.load(str(float_path), load_external_data=False).graph
+    qdq = onnx.load(str(qdq_path), load_external_data=False).graph
+    qparams, int8 = _activation_qparams(qdq), quantization.int8_nodes_of(qdq)
     rows = []
-    for node in graph.node:
-        if node.name not in ops:
+    for node in qdq.node:
+        weights = _weight_names(node, qdq)
+        if node.name not in int8 or not weights:
             continue
-        parts = [act_sqnr[i] for i in node.input if i in act_sqnr] + [w_sqnr[i] for i in node.input if i in w_sqnr]
+        parts = [fake_quant_sqnr(acts[t], s, zp) for (n, _), (t, s, zp) in qparams.items()
+                 if n == node.name and t in acts]  # fmt: skip
+        parts += [w_sqnr[w] for w in weights if w in w_sqnr]
         noise = sum(10 ** (-s / 10) for s in parts if math.isfinite(s))
         sqnr = math.inf if noise == 0 else -10 * math.log10(noise)
         rows.append({"node": node.name, "op": node.op_type, "sqnr_db": round(sqnr, 2) if math.isfinite(sqnr) else None})
     return sorted(rows, key=lambda r: math.inf if r["sqnr_db"] is None else r["sqnr_db"])
+
+
+def _weight_names(node, graph):
+    """Float names of the weights a QDQ node reads (DequantizeLinear of '<name>_quantized' initializers)."""
+    inits = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    names = []
+    for i in node.input:
+        dq = producer.get(i)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            names.append(dq.input[0].removesuffix("_quantized"))
+    return names
 
 
 def most_sensitive(rows, k):
