@@ -57,6 +57,8 @@ def rows(ev, table, models, recipes, reference, guards, quantize_metrics):
             row["speedup_vs_reference_verdict"] = r["speedup_x_verdict"]
             row |= {"size_mb": r["size_mb"], "peak_rss_mb": r["peak_rss_mb"], "latency_ms_p50": r["latency_ms_p50"]}
             q = quantize_metrics.get(v, {})
+            if "size_mb_palettised" in q:  # clustered weights: indices + codebook, what a palette format stores
+                row["size_mb_palettised"] = q["size_mb_palettised"]
             if "ptq_hurt" in q:
                 row["ptq_hurt"] = q["ptq_hurt"]
                 row["val_deltas_pt"] = {k.removeprefix("val_").removesuffix("_delta_pt"): q[k] for k in q
@@ -91,6 +93,8 @@ def section(prec_rows, reference, guards, max_drop_pt):
                 line[name] = _cell(r, f"{key}_x", f"{key}_verdict", writeup.fmt_speedup)
             line["p50 ms"] = writeup.ms(r["latency_ms_p50"])
             line["size MB"] = f"{r['size_mb']:.2f}"
+            if any("size_mb_palettised" in x for x in prec_rows):
+                line["palettised MB"] = f"{r['size_mb_palettised']:.2f}" if "size_mb_palettised" in r else "—"
             line["peak RSS MB"] = f"{r['peak_rss_mb']:.0f}"
             line["PTQ hurt (val)"] = {True: "yes", False: "no"}.get(r.get("ptq_hurt"), "—")
             show.append(line)
