@@ -1,10 +1,13 @@
 """Every ONNX Runtime recipe on a tiny real model: loads, runs, agrees with FP32; the recipe checks and choices."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import numpy_helper
 
 from stages.lib import models, quantization, recipes, runtime, sensitivity
@@ -145,3 +148,24 @@ def test_auto_settings_follow_the_cpu_and_the_model_family(tmp_path):
     assert cnn["reduce_range"] is False and cnn["activation_type"] == "uint8" and cnn["op_types"] == "all"
     assert recipes.resolve(recipe, "vit_tiny_patch16_224", vnni)["op_types"] == "vit_safe"
     assert recipes.resolve({**recipe, "op_types": "all"}, "vit_tiny_patch16_224", vnni)["op_types"] == "all"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: None, "recipe='int8_typo' is not in quantize.recipes; expected one of ["),
+        (lambda p: p["quantize"]["recipes"]["int8_typo"].update(calibrate_method="mse"),
+         "quantize.recipes.int8_typo.calibrate_method='mse' is not allowed; expected one of ['entropy', 'minmax', 'percentile']"),
+    ],
+)  # fmt: skip
+def test_quantize_stage_stops_on_a_bad_recipe_before_any_work(tmp_path, root, edit, message):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    if message.startswith("quantize.recipes.int8_typo"):
+        params["quantize"]["recipes"]["int8_typo"] = dict(params["quantize"]["recipes"]["int8_static_pc"])
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "variant"
+    cmd = [sys.executable, "-m", "stages.quantize", "m_int8_typo", "int8_typo", "no_data", "a.pt", str(out), "m.json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(root)})
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists() and not (tmp_path / "m.json").exists()
