@@ -127,8 +127,11 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     bench = json.loads(Path(args.benchmark).read_text())
-    wanted = {f"{m}_{r}" for m in args.models for r in args.recipes}  # older runs' files may still lie there
-    keep = lambda found: {k: v for k, v in found.items() if k in wanted}  # noqa: E731
+    wanted = {f"{m}_{r}" for m in args.models for r in args.recipes}
+
+    def keep(found):  # older experiments' files may still lie in the folders: only this run's variants
+        return {k: v for k, v in found.items() if k in wanted}
+
     ev = comparison.Evidence(keep(read_dir(args.evaluate_dir)), keep(bench["variants"]), pd.read_csv(args.rounds_csv),
                              keep(read_dir(args.predictions_dir, ".csv")), p["evaluate"]["bootstrap"],
                              p["base"]["seed"], bench["threads"][-1])  # fmt: skip
