@@ -1,7 +1,7 @@
 """quantize: make one variant, a trained model under one recipe of `quantize.recipes`.
 
     python -m stages.quantize student_kd_int8_static_pc int8_static_pc data/prepared \
-        artifacts/student_kd/model.pt artifacts/variants/student_kd_int8_static_pc \
+        artifacts/student_kd/model.pt artifacts/teacher/model.pt artifacts/variants/student_kd_int8_static_pc \
         metrics/quantize/student_kd_int8_static_pc.json
 
 Writes <out_dir>/<model file> (model.pt or model.onnx) and <out_dir>/variant.json (runtime, file,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib import clustering, data, metrics, models, params, pt2e, quantization, recipes, runtime, sensitivity
+from stages.lib import clustering, data, metrics, models, params, pt2e, qat, quantization, recipes, runtime, sensitivity
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("quantize")
@@ -35,8 +35,10 @@ def check(p, recipe_name):
     return q, recipes.find(q["recipes"], recipe_name)
 
 
-def make(kind, setting, model_pt, model, card, out, calib, tmp):
-    """Write the variant's model file into `out`; returns (path, extra metrics)."""
+def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
+    """Write the variant's model file into `out`; returns (path, extra metrics).
+
+    `ctx`: what only QAT needs: data_dir, teacher (model.pt for the KD loss), params."""
     if kind == "torch":
         return Path(shutil.copy(model_pt, out / "model.pt")), {}
     if kind == "cluster":  # k-means weights; still a dense float model, run in PyTorch
@@ -45,6 +47,15 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp):
         return out / "model.pt", {"clustering": info}
     if kind == "pt2e":  # PyTorch-native INT8 (torchao PT2E, X86 Inductor quantizer), run compiled
         return pt2e.save(pt2e.quantize(model, calib), out / "model.pt2"), {}
+    if kind == "qat":  # fake-quant fine-tune with the KD loss, exported to ONNX QDQ (lib/qat.py)
+        size, p = calib.shape[-1], ctx["params"]
+        train_xy, val_xy = (data.load_split(ctx["data_dir"], s, size) for s in ("train", "val"))
+        teacher, _ = models.load(ctx["teacher"])
+        qm, info = qat.fine_tune(qat.prepare(model, calib[:2]), train_xy, val_xy, setting, tmp / "live", p["base"],
+                                 teacher=teacher, kd=p["distill"])  # fmt: skip
+        path = qat.export_onnx(qm, out / "model.onnx", size)
+        x_val = data.to_float(val_xy[0]).numpy()
+        return path, {"qat": {**info, **qat.agreement(qm, path, x_val, threads=p["base"]["threads"])}}
     size = calib.shape[-1]
     fp32 = quantization.export_onnx(model, tmp / "fp32.onnx", size)
     target = out / "model.onnx"
@@ -106,6 +117,7 @@ def main():
     parser.add_argument("recipe", help="a key of quantize.recipes")
     parser.add_argument("data_dir")
     parser.add_argument("model", help="model.pt of the trained model")
+    parser.add_argument("teacher", help="the teacher's model.pt: the KD loss of QAT recipes")
     parser.add_argument("out_dir", help="folder for the model file, variant.json (and calibration.json)")
     parser.add_argument("metrics")
     args = parser.parse_args()
@@ -120,16 +132,17 @@ def main():
     cpu = recipes.cpu_int8_features()
     setting = recipes.resolve(recipe, card["arch"], cpu)
     kind = setting["kind"]
-    n_calib = setting.get("calibration_images", 1)
+    n_calib = setting.get("calibration_images", 2)  # QAT traces its graph on two images
     calib = data.to_float(data.load_split(args.data_dir, "train", size, limit=n_calib)[0]).numpy()
     x_val, y_val = data.load_split(args.data_dir, "val", size)
     x_val, y_val = data.to_float(x_val).numpy(), y_val.numpy()
     with tempfile.TemporaryDirectory(prefix="quantize.") as tmp:
-        path, static = make(kind, setting, args.model, model, card, out, calib, Path(tmp))
+        ctx = {"data_dir": args.data_dir, "teacher": args.teacher, "params": p}
+        path, static = make(kind, setting, args.model, model, card, out, calib, Path(tmp), ctx)
         stats = {"variant": args.variant, "recipe": args.recipe, "kind": kind, **cpu,
                  "settings": {k: v for k, v in setting.items() if k != "kind"}}  # fmt: skip
-        if "clustering" in static:
-            stats |= static.pop("clustering")
+        for extra in ("clustering", "qat"):
+            stats |= static.pop(extra, {})
         if static:
             stats |= fallback(static, path, x_val[: q["sensitivity_images"]], setting["fp32_layers"])
             stats["calibration_images"] = len(calib)

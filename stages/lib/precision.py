@@ -12,7 +12,12 @@ import pandas as pd
 
 from stages.lib import writeup
 
-TWIN = "ort_fp32"  # the recipe every other recipe of a model is paired with
+TWIN = "ort_fp32"
+PTQ_KINDS = {
+    "ort_static",
+    "ort_dynamic",
+    "pt2e",
+}  # post-training INT8: what QAT is measured against  # the recipe every other recipe of a model is paired with
 NOTES = {
     "ort_dynamic": "dynamic INT8: convolutions become ConvInteger, which ONNX Runtime's CPU kernels do not optimise "
     "(and activation ranges are computed at every call); expect it slower than FP32 for CNNs. ConvInteger also "
@@ -106,6 +111,14 @@ def section(prec_rows, reference, guards, max_drop_pt):
                "images, so the verdict does not read the test split). "
                + ("Hurt: " + ", ".join(f"`{r['variant']}` ({_fmt_val(r['val_deltas_pt'])})" for r in hurt) + "."
                   if hurt else "No recipe crossed it in this run."))  # fmt: skip
+    for model in dict.fromkeys(r["model"] for r in prec_rows):
+        mine = [r for r in prec_rows if r["model"] == model and "ptq_hurt" in r]
+        qat_rows = [r for r in mine if r["kind"] == "qat"]
+        ptq_hurt = [r["recipe"] for r in mine if r["kind"] in PTQ_KINDS and r["ptq_hurt"]]
+        for r in qat_rows:
+            verdict = ("recovered it" if not r["ptq_hurt"] else "did not recover it") if ptq_hurt else "was not needed"
+            out.append(f"\n**QAT, {model}**: PTQ hurt in {', '.join(ptq_hurt) or 'no recipe'}; `{r['recipe']}` "
+                       f"{verdict} ({_fmt_val(r['val_deltas_pt'])} on validation vs FP32).")  # fmt: skip
     seen = {r["kind"] for r in prec_rows}
     notes = [f"- {text}" for kind, text in NOTES.items() if kind in seen]
     if notes:

@@ -35,11 +35,11 @@ KINDS = {
         "op_types": {"auto", "all", "vit_safe"},
     },
 }
-# Kinds whose module checks its own options (and fills its defaults): lib/clustering.py, lib/pt2e.py.
-DELEGATED = {"cluster", "pt2e"}
+# Kinds whose module checks its own options (and fills its defaults): lib/clustering.py, lib/pt2e.py, lib/qat.py.
+DELEGATED = {"cluster", "pt2e", "qat"}
 # How each kind's file is run (runtime.RUNTIMES).
 RUNTIME = {"torch": "torch", "onnx_fp32": "onnxruntime", "onnx_fp16": "onnxruntime", "ort_static": "onnxruntime",
-           "ort_dynamic": "onnxruntime", "cluster": "torch", "pt2e": "torch_pt2e"}  # fmt: skip
+           "ort_dynamic": "onnxruntime", "cluster": "torch", "pt2e": "torch_pt2e", "qat": "onnxruntime"}  # fmt: skip
 
 # ViT-safe INT8: only the matrix multiplies are quantized. Softmax, LayerNorm, GELU and the residual
 # Adds stay float: their outputs have outliers that one INT8 scale per tensor cannot hold.
@@ -64,6 +64,10 @@ def check(name, recipe, recipes_key="quantize.recipes"):
         from stages.lib import pt2e
 
         return pt2e.check_recipe(key, recipe)
+    if kind == "qat":
+        from stages.lib import qat
+
+        return qat.check_recipe(key, recipe)
     options = {k: v for k, v in recipe.items() if k != "kind"}
     allowed = KINDS[kind]
     unknown = sorted(set(options) - set(allowed))
