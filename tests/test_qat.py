@@ -26,7 +26,7 @@ def two_photo_crops(n, size, seed):
 def test_qat_fine_tunes_with_kd_and_its_onnx_export_agrees_in_onnxruntime(tmp_path):
     size = 64
     torch.manual_seed(0)  # the fresh 2-class heads
-    train_xy, val_xy = two_photo_crops(48, size, seed=0), two_photo_crops(24, size, seed=1)
+    train_xy, val_xy = two_photo_crops(32, size, seed=0), two_photo_crops(24, size, seed=1)
     teacher = models.pretrained("tf_efficientnet_lite0", "pypi", num_classes=2).eval()
     student = models.pretrained("tf_efficientnet_lite0", "pypi", num_classes=2)
     recipe = qat.check_recipe("quantize.recipes.int8_qat", {"kind": "qat", "epochs": 1, "lr": 1e-3, "batch_size": 16})
@@ -49,6 +49,14 @@ def test_qat_fine_tunes_with_kd_and_its_onnx_export_agrees_in_onnxruntime(tmp_pa
     assert stats["qat_onnx_top1_agreement"] >= 0.9, (stats, fq_logits, ort_logits)
     assert stats["qat_onnx_max_logit_diff"] == pytest.approx(np.abs(fq_logits - ort_logits).max(), abs=1e-3)
     assert stats["qat_onnx_max_logit_diff"] < 0.25 * np.abs(fq_logits).max(), stats
+
+    # ORT's own QDQ graph of the QAT weights: re-calibrated ranges, so looser, but still the same model
+    ort_path = qat.export_onnx_ort(model, student, tmp_path / "qat_ort.onnx", size, x_val[:16])
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(ort_path)).graph.node}
+    assert qat.agreement(model, ort_path, x_val)["qat_onnx_top1_agreement"] >= 0.8
+    fine_tuned, trained = qat.float_model(model, student).state_dict(), model.graph_module.state_dict()
+    assert all(torch.equal(fine_tuned[k], trained[k]) for k in fine_tuned)
+    assert not torch.equal(fine_tuned["net.conv_head.weight"], student.state_dict()["net.conv_head.weight"])
 
 
 def test_ptq_verdict_hurt_and_recovered():

@@ -16,6 +16,18 @@ How:
      int8 kernels. No re-calibration: the ranges are the ones QAT learned.
   4. `agreement`: the exported graph in ONNX Runtime against the fake-quant model it came from.
 
+Two ONNX routes, both checked by `agreement`:
+  `export_onnx`     - the converted PT2E graph itself: exactly the ranges QAT learned. But it follows the
+                      X86 scheme, which fuses conv + residual add with no quantization in between, and
+                      ONNX Runtime's QDQ fusion needs a QuantizeLinear right after a Conv: on Lite0
+                      (ORT 1.31) the convolutions that feed a residual Add stayed float Conv on dequantized
+                      weights (25 QLinearConv of 44 quantized convs), so it is not ORT's fastest INT8 graph.
+  `export_onnx_ort` - the QAT-fine-tuned float weights quantized by ORT's own static QDQ tool
+                      (quantization.quantize_int8, per-channel, min-max on `calib_x`): ORT's fully fused
+                      graph. Weight codes match what QAT simulated (per-channel symmetric scales commute
+                      with BatchNorm folding); activation ranges are re-calibrated, and ORT also quantizes
+                      a few tensors QAT did not (conv outputs before residual adds).
+
 Recipe (params.yaml, `quantize.recipes.<name>`), e.g.
     int8_qat: {kind: qat, epochs: 2, lr: 0.0001, batch_size: 32, weight_decay: 0.0}
   epochs       - fine-tuning epochs (a fake-quant epoch costs ~2x a float one on CPU)
@@ -25,6 +37,7 @@ Recipe (params.yaml, `quantize.recipes.<name>`), e.g.
 KD temperature / alpha come from the `distill` section. Runtime: "onnxruntime"; size: the .onnx file.
 """
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -99,7 +112,8 @@ def prepare(model, example_x):
 
     example = torch.as_tensor(example_x[:2], dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    exported = torch.export.export(model.train(), (example,), dynamic_shapes=({0: batch},))
+    model = copy.deepcopy(model).train()  # the exported graph shares its parameters: keep the input model as it was
+    exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     return QatModel(prepare_qat_pt2e(exported.module(), _quantizer())).train()
 
 
@@ -126,6 +140,24 @@ def export_onnx(qat_model, path, image_size):
         warnings.simplefilter("ignore")
         quantization.export_onnx(converted, path, image_size)
     return Path(path)
+
+
+def float_model(qat_model, like):
+    """A float Classifier (a copy of `like`, same architecture) holding the QAT-fine-tuned weights."""
+    state = qat_model.graph_module.state_dict()
+    model = copy.deepcopy(like).eval()
+    model.load_state_dict({name: state[name] for name in model.state_dict()})
+    return model
+
+
+def export_onnx_ort(qat_model, like, path, image_size, calib_x):
+    """ONNX Runtime's static QDQ graph (per-channel, min-max on `calib_x`) of the QAT-fine-tuned weights."""
+    path = Path(path)
+    fp32 = path.with_name(path.stem + "_fp32.onnx")
+    quantization.export_onnx(float_model(qat_model, like), fp32, image_size)
+    quantization.quantize_int8(fp32, path, calib_x, per_channel=True, calibrate_method="minmax")
+    fp32.unlink()
+    return path
 
 
 def agreement(qat_model, onnx_path, x_float, threads=1, batch_size=32):
