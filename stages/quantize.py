@@ -55,6 +55,7 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
                                  teacher=teacher, kd=p["distill"])  # fmt: skip
         path = qat.export_onnx(qm, out / "model.onnx", size)
         x_val = data.to_float(val_xy[0]).numpy()
+        info = {f"qat_fake_quant_{k}": v for k, v in info.items()}  # the fake-quant model's own best epoch
         return path, {"qat": {**info, **qat.agreement(qm, path, x_val, threads=p["base"]["threads"])}}
     size = calib.shape[-1]
     fp32 = quantization.export_onnx(model, tmp / "fp32.onnx", size)
