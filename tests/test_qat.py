@@ -51,7 +51,7 @@ def test_qat_fine_tunes_with_kd_and_its_onnx_export_agrees_in_onnxruntime(tmp_pa
     assert stats["qat_onnx_max_logit_diff"] < 0.25 * np.abs(fq_logits).max(), stats
 
     # ORT's own QDQ graph of the QAT weights: re-calibrated ranges, so looser, but still the same model
-    ort_path = qat.export_onnx_ort(model, student, tmp_path / "qat_ort.onnx", size, x_val[:16])
+    ort_path = qat.export(model, student, tmp_path / "qat_ort.onnx", size, x_val[:16], route="ort")
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(ort_path)).graph.node}
     assert qat.agreement(model, ort_path, x_val)["qat_onnx_top1_agreement"] >= 0.8
     fine_tuned, trained = qat.float_model(model, student).state_dict(), model.graph_module.state_dict()
@@ -73,7 +73,8 @@ def test_ptq_verdict_hurt_and_recovered():
 
 
 @pytest.mark.parametrize(
-    ("recipe", "key"), [({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"per_tensor": True}, "per_tensor")]
+    ("recipe", "key"),
+    [({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"per_tensor": True}, "per_tensor"), ({"onnx": "tflite"}, "onnx")],
 )
 def test_bad_recipe_names_the_key(recipe, key):
     with pytest.raises(params.ParamError, match=rf"quantize\.recipes\.q\.{key}"):

@@ -29,11 +29,12 @@ Two ONNX routes, both checked by `agreement`:
                       a few tensors QAT did not (conv outputs before residual adds).
 
 Recipe (params.yaml, `quantize.recipes.<name>`), e.g.
-    int8_qat: {kind: qat, epochs: 2, lr: 0.0001, batch_size: 32, weight_decay: 0.0}
+    int8_qat: {kind: qat, epochs: 2, lr: 0.0001, batch_size: 32, weight_decay: 0.0, onnx: pt2e}
   epochs       - fine-tuning epochs (a fake-quant epoch costs ~2x a float one on CPU)
   lr           - peak AdamW LR, ~10x below training's: the weights only adjust to the rounding
   batch_size   - as train.batch_size
   weight_decay - 0: no pull on weights that are already trained
+  onnx         - pt2e (export_onnx: the ranges QAT learned) | ort (export_onnx_ort: ORT's fused graph); `export` picks
 KD temperature / alpha come from the `distill` section. Runtime: "onnxruntime"; size: the .onnx file.
 """
 
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 
 KIND = "qat"
 RUNTIME = "onnxruntime"
-DEFAULTS = {"epochs": 2, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.0}
+DEFAULTS = {"epochs": 2, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.0, "onnx": "pt2e"}
+ONNX_ROUTES = ("pt2e", "ort")  # see the module docstring: exact learned ranges vs ORT's fully fused graph
 
 
 def check_recipe(key, recipe):
@@ -66,6 +68,7 @@ def check_recipe(key, recipe):
     params.check_int(f"{key}.batch_size", recipe["batch_size"], 1)
     params.check_range(f"{key}.lr", recipe["lr"], 0, 1, lo_inclusive=False)
     params.check_range(f"{key}.weight_decay", recipe["weight_decay"], 0, 1)
+    params.check_choice(f"{key}.onnx", recipe["onnx"], set(ONNX_ROUTES))
     try:
         _quantizer()
     except ImportError as e:
@@ -158,6 +161,13 @@ def export_onnx_ort(qat_model, like, path, image_size, calib_x):
     quantization.quantize_int8(fp32, path, calib_x, per_channel=True, calibrate_method="minmax")
     fp32.unlink()
     return path
+
+
+def export(qat_model, like, path, image_size, calib_x, route="pt2e"):
+    """The recipe's `onnx` route: export_onnx (pt2e) or export_onnx_ort (ort)."""
+    if route == "ort":
+        return export_onnx_ort(qat_model, like, path, image_size, calib_x)
+    return export_onnx(qat_model, path, image_size)
 
 
 def agreement(qat_model, onnx_path, x_float, threads=1, batch_size=32):
