@@ -53,7 +53,7 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
         teacher, _ = models.load(ctx["teacher"])
         qm, info = qat.fine_tune(qat.prepare(model, calib[:2]), train_xy, val_xy, setting, tmp / "live", p["base"],
                                  teacher=teacher, kd=p["distill"])  # fmt: skip
-        path = qat.export_onnx(qm, out / "model.onnx", size)
+        path = qat.export(qm, model, out / "model.onnx", size, calib, route=setting["onnx"])
         x_val = data.to_float(val_xy[0]).numpy()
         info = {f"qat_fake_quant_{k}": v for k, v in info.items()}  # the fake-quant model's own best epoch
         return path, {"qat": {**info, **qat.agreement(qm, path, x_val, threads=p["base"]["threads"])}}
