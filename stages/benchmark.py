@@ -1,7 +1,10 @@
 """benchmark: every variant measured side by side in one run - latency, throughput, size, peak memory.
 
-    python -m stages.benchmark metrics/fingerprint.json metrics/benchmark.json plots/benchmark/rounds.csv \
-        --teacher_fp32.model artifacts/teacher/model.pt --teacher_fp32.runtime torch ...
+    python -m stages.benchmark metrics/fingerprint.json artifacts/variants metrics/benchmark.json \
+        plots/benchmark/rounds.csv --models teacher student_kd --recipes ort_fp32 int8_static_pc
+
+The variants are every <model>_<recipe> (DVC unpacks params `compare` into the two lists); each is
+the folder artifacts/variants/<variant> with its model file and variant.json (runtime, file).
 
 `benchmark.warmup_rounds` unrecorded rounds, then `benchmark.rounds` rounds; in each, every
 variant runs once in its own fresh process (`stages.lib.timing`), in a seeded shuffled order,
@@ -43,24 +46,25 @@ def check(p):
     return b
 
 
-def parse_variants(extra):
-    """`--<name>.model PATH --<name>.runtime R ...` (DVC's unpacking of the `variants` dict) -> {name: spec}."""
-    if len(extra) % 2:
-        raise params.ParamError(f"variants: expected '--<name>.<field> value' pairs, got {extra}")
+def parse_variants(extra, variants_dir):
+    """`--models a b --recipes x y` (DVC's unpacking of params `compare`) -> {<model>_<recipe>: spec}."""
+    lists = argparse.ArgumentParser(prog="benchmark variants", add_help=False)
+    lists.add_argument("--models", nargs="+", required=True)
+    lists.add_argument("--recipes", nargs="+", required=True)
+    try:
+        compare, rest = lists.parse_known_args(extra)
+    except SystemExit:
+        compare, rest = None, extra
+    if compare is None or rest:
+        raise params.ParamError(f"compare: expected '--models m1 m2 ... --recipes r1 r2 ...', got {extra}")
     variants = {}
-    for flag, value in zip(extra[::2], extra[1::2], strict=True):
-        name, _, field = flag.removeprefix("--").rpartition(".")
-        if not flag.startswith("--") or field not in ("model", "runtime"):
-            raise params.ParamError(
-                f"variants: unexpected argument {flag!r}; expected --<name>.model / --<name>.runtime"
-            )
-        variants.setdefault(name, {})[field] = value
-    for name, spec in variants.items():
-        if set(spec) != {"model", "runtime"}:
-            raise params.ParamError(f"variant {name!r} needs both model and runtime, got {sorted(spec)}")
-        params.check_choice(f"variants.{name}.runtime", spec["runtime"], set(runtime.RUNTIMES))
-        if not Path(spec["model"]).is_file():
-            raise FileNotFoundError(f"variant {name!r}: model file {spec['model']} not found; run `dvc repro` first")
+    for model in compare.models:
+        for recipe in compare.recipes:
+            name = f"{model}_{recipe}"
+            path, runtime_name, _ = runtime.read_variant(Path(variants_dir) / name)
+            if not path.is_file():
+                raise FileNotFoundError(f"variant {name!r}: model file {path} not found; run `dvc repro` first")
+            variants[name] = {"model": str(path), "runtime": runtime_name}
     return variants
 
 
@@ -154,12 +158,13 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fingerprint", help="machine fingerprint JSON (the fingerprint stage)")
+    parser.add_argument("variants_dir", help="one folder per variant (the quantize stage's outputs)")
     parser.add_argument("metrics", help="per-variant summary JSON")
     parser.add_argument("rounds_csv", help="one row per round, variant and thread count")
     args, extra = parser.parse_known_args()
     p = params.load()
     b = check(p)
-    variants = parse_variants(extra)
+    variants = parse_variants(extra, args.variants_dir)
     fingerprint = json.loads(Path(args.fingerprint).read_text())
     base = p["base"]
     threads = sorted({1, base["threads"]})

@@ -1,7 +1,7 @@
 """evaluate: one variant on the shared test split, at an operating point chosen on validation.
 
-    python -m stages.evaluate student_kd_int8 onnxruntime artifacts/quantize/student_kd/int8.onnx \
-        data/prepared metrics/evaluate/student_kd_int8.json plots/evaluate artifacts/predictions
+    python -m stages.evaluate student_kd_int8_static_pc artifacts/variants/student_kd_int8_static_pc \
+        data/prepared metrics/evaluate/student_kd_int8_static_pc.json plots/evaluate artifacts/predictions
 
 Binary task: the threshold is chosen on validation defects by `evaluate.threshold_rule`
 (highest: the highest that reaches `evaluate.target_recall`; lower_bound: the highest whose one-sided
@@ -94,8 +94,7 @@ def multiclass(probs, labels, classes, ev, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant")
-    parser.add_argument("runtime", choices=runtime.RUNTIMES)
-    parser.add_argument("model", help="model.pt (torch) or .onnx (onnxruntime)")
+    parser.add_argument("variant_dir", help="the quantize stage's folder: model file + variant.json (its runtime)")
     parser.add_argument("data_dir")
     parser.add_argument("metrics")
     parser.add_argument("plots_dir", help="<plots_dir>/{roc,pr,confusion}/<variant>.csv")
@@ -107,7 +106,8 @@ def main():
     info = data.read_info(args.data_dir)
     classes, size, seed = info["classes"], p["base"]["image_size"], p["base"]["seed"]
 
-    runner = runtime.load_runner(args.model, args.runtime, p["base"]["threads"])
+    model_file, runtime_name, _ = runtime.read_variant(args.variant_dir)
+    runner = runtime.load_runner(model_file, runtime_name, p["base"]["threads"])
     probs, labels = {}, {}
     for split in ("val", "test"):
         x, y = data.load_split(args.data_dir, split, size)

@@ -1,72 +1,174 @@
-"""quantize: export a trained model to ONNX (FP32) and make its ONNX Runtime static INT8 version.
+"""quantize: make one variant, a trained model under one recipe of `quantize.recipes`.
 
-    python -m stages.quantize data/prepared artifacts/student_kd/model.pt artifacts/quantize/student_kd \
-        metrics/quantize/student_kd.json
+    python -m stages.quantize student_kd_int8_static_pc int8_static_pc data/prepared \
+        artifacts/student_kd/model.pt artifacts/teacher/model.pt artifacts/variants/student_kd_int8_static_pc \
+        metrics/quantize/student_kd_int8_static_pc.json
+
+Writes <out_dir>/<model file> (model.pt or model.onnx) and <out_dir>/variant.json (runtime, file,
+size, resolved recipe: evaluate and benchmark read it); static INT8 also writes
+<out_dir>/calibration.json (the activation ranges ORT calibrated). The metrics say how far the
+variant moved from the FP32 model on validation images (never test): top-1 agreement, logit
+difference, paired deltas in AUROC and FPR at the target recall, and whether that drop is larger
+than `quantize.max_drop_pt` ("PTQ hurt"); static INT8 adds its most sensitive layers.
 """
 
 import argparse
+import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from stages.lib import data, models, params, quantization
+from stages.lib import clustering, data, metrics, models, params, pt2e, qat, quantization, recipes, runtime, sensitivity
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("quantize")
 
 
-def check(p):
+def check(p, recipe_name):
     params.check_base(p["base"])
     q = p["quantize"]
-    params.check_int("quantize.calibration_images", q["calibration_images"], 1)
-    params.check_choice("quantize.per_channel", q["per_channel"], {True, False})
-    params.check_choice("quantize.calibrate_method", q["calibrate_method"], set(quantization.CALIBRATION_METHODS))
-    params.check_choice("quantize.activation_type", q["activation_type"], set(quantization.ACTIVATION_TYPES))
-    return q
+    params.check_range("quantize.max_drop_pt", q["max_drop_pt"], 0, 100)
+    params.check_int("quantize.sensitivity_images", q["sensitivity_images"], 1)
+    return q, recipes.find(q["recipes"], recipe_name)
 
 
-def run_onnx(path, x):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"image": x})[0]
+def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
+    """Write the variant's model file into `out`; returns (path, extra metrics).
+
+    `ctx`: what only QAT needs: data_dir, teacher (model.pt for the KD loss), params."""
+    if kind == "torch":
+        return Path(shutil.copy(model_pt, out / "model.pt")), {}
+    if kind == "cluster":  # k-means weights; still a dense float model, run in PyTorch
+        clustered, info = clustering.apply_recipe(model, setting, seed=0)
+        models.save(out, clustered, {**card, **info})
+        return out / "model.pt", {"clustering": info}
+    if kind == "pt2e":  # PyTorch-native INT8 (torchao PT2E, X86 Inductor quantizer), run compiled
+        return pt2e.save(pt2e.quantize(model, calib), out / "model.pt2"), {}
+    if kind == "qat":  # fake-quant fine-tune with the KD loss, exported to ONNX QDQ (lib/qat.py)
+        size, p = calib.shape[-1], ctx["params"]
+        train_xy, val_xy = (data.load_split(ctx["data_dir"], s, size) for s in ("train", "val"))
+        teacher, _ = models.load(ctx["teacher"])
+        qm, info = qat.fine_tune(qat.prepare(model, calib[:2]), train_xy, val_xy, setting, tmp / "live", p["base"],
+                                 teacher=teacher, kd=p["distill"])  # fmt: skip
+        path = qat.export(qm, model, out / "model.onnx", size, calib, route=setting["onnx"])
+        x_val = data.to_float(val_xy[0]).numpy()
+        info = {f"qat_fake_quant_{k}": v for k, v in info.items()}  # the fake-quant model's own best epoch
+        return path, {"qat": {**info, **qat.agreement(qm, path, x_val, threads=p["base"]["threads"])}}
+    size = calib.shape[-1]
+    fp32 = quantization.export_onnx(model, tmp / "fp32.onnx", size)
+    target = out / "model.onnx"
+    if kind == "onnx_fp32":
+        return Path(shutil.copy(fp32, target)), {}
+    if kind == "onnx_fp16":
+        return quantization.to_fp16(fp32, target), {}
+    ops = recipes.op_types(setting["op_types"])
+    if kind == "ort_dynamic":
+        path = quantization.quantize_dynamic_int8(fp32, target, setting["per_channel"], setting["weight_type"],
+                                                  setting["reduce_range"], ops)  # fmt: skip
+        return path, {}
+    prep = quantization.preprocess(fp32, tmp / "prep.onnx")
+    names = ("per_channel", "calibrate_method", "activation_type", "weight_type", "reduce_range")
+    opts = {k: setting[k] for k in names} | {"preprocessed": True}
+    cache = out / "calibration.json"
+    path = quantization.quantize_static_qdq(prep, target, calib, cache=cache, op_types=ops, **opts)
+    return path, {"prep": prep, "opts": opts, "cache": cache, "ops": ops}
+
+
+def fallback(static, target, x_sens, k):
+    """Per-layer sensitivity of the static INT8 graph; with k > 0, re-quantize keeping the k worst in float."""
+    rows = sensitivity.layer_sensitivity(static["prep"], target, x_sens)
+    keep = sensitivity.most_sensitive(rows, k)
+    if keep:
+        quantization.quantize_static_qdq(static["prep"], target, cache=static["cache"], op_types=static["ops"],
+                                         exclude=keep, **static["opts"])  # fmt: skip
+    out = {f"sensitive_{i + 1}": r for i, r in enumerate(rows[:5])}
+    return {"layers_quantized": len(rows), "fp32_layers_kept": keep, **out}
+
+
+def val_deltas(ref_logits, logits, y, task, target_recall, max_drop_pt, draws, seed):
+    """Paired validation deltas (variant - FP32) in points, and whether one is worse than max_drop_pt."""
+    p_ref, p_new = runtime.softmax(ref_logits), runtime.softmax(logits)
+    if task == "binary":
+        names = ["auroc", metrics.pct_name("fpr_at_recall", target_recall)]
+        a, b = {"pred": p_new.argmax(1), "score": p_new[:, 1]}, {"pred": p_ref.argmax(1), "score": p_ref[:, 1]}
+    else:
+        names = ["accuracy", "macro_recall"]
+        a, b = {"pred": p_new.argmax(1), "score": p_new.max(1)}, {"pred": p_ref.argmax(1), "score": p_ref.max(1)}
+    k = p_ref.shape[1]
+    ci = metrics.paired_delta_ci(a, b, y, names, draws, seed, k)
+    whole = np.arange(len(y))[None]  # the validation set itself: one "resample" that is the identity
+    va_all, vb_all = (metrics._draws(y, d["pred"], d["score"], whole, names, k) for d in (a, b))
+    out, hurt = {}, False
+    for name in names:
+        va, vb = float(va_all[name][0]), float(vb_all[name][0])
+        delta = round((va - vb) * 100, 2)
+        worse = delta > max_drop_pt if name.startswith("fpr") else delta < -max_drop_pt
+        hurt |= bool(worse)
+        out |= {f"val_{name}_fp32": round(vb, 4), f"val_{name}": round(va, 4), f"val_{name}_delta_pt": delta,
+                f"val_{name}_delta_pt_ci95": [round(v * 100, 2) for v in ci[name]]}  # fmt: skip
+    return out, hurt
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variant", help="<model>_<recipe>: the variant's name")
+    parser.add_argument("recipe", help="a key of quantize.recipes")
     parser.add_argument("data_dir")
-    parser.add_argument("model", help="model.pt to export")
-    parser.add_argument("out_dir", help="folder for fp32.onnx and int8.onnx")
+    parser.add_argument("model", help="model.pt of the trained model")
+    parser.add_argument("teacher", help="the teacher's model.pt: the KD loss of QAT recipes")
+    parser.add_argument("out_dir", help="folder for the model file, variant.json (and calibration.json)")
     parser.add_argument("metrics")
     args = parser.parse_args()
     p = params.load()
-    q = check(p)
+    q, recipe = check(p, args.recipe)
     params.setup(p["base"])
-    size = p["base"]["image_size"]
+    size, seed = p["base"]["image_size"], p["base"]["seed"]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     model, card = models.load(args.model)
-    fp32 = quantization.export_onnx(model, out / "fp32.onnx", size)
-    calib, _ = data.load_split(args.data_dir, "train", size, limit=q["calibration_images"])
-    calib = data.to_float(calib).numpy()
-    int8 = quantization.quantize_int8(fp32, out / "int8.onnx", calib, q["per_channel"], q["calibrate_method"],
-                                      q["activation_type"])  # fmt: skip
+    cpu = recipes.cpu_int8_features()
+    setting = recipes.resolve(recipe, card["arch"], cpu)
+    kind = setting["kind"]
+    n_calib = setting.get("calibration_images", 2)  # QAT traces its graph on two images
+    calib = data.to_float(data.load_split(args.data_dir, "train", size, limit=n_calib)[0]).numpy()
+    x_val, y_val = data.load_split(args.data_dir, "val", size)
+    x_val, y_val = data.to_float(x_val).numpy(), y_val.numpy()
+    with tempfile.TemporaryDirectory(prefix="quantize.") as tmp:
+        ctx = {"data_dir": args.data_dir, "teacher": args.teacher, "params": p}
+        path, static = make(kind, setting, args.model, model, card, out, calib, Path(tmp), ctx)
+        stats = {"variant": args.variant, "recipe": args.recipe, "kind": kind, **cpu,
+                 "settings": {k: v for k, v in setting.items() if k != "kind"}}  # fmt: skip
+        for extra in ("clustering", "qat"):
+            stats |= static.pop(extra, {})
+        if static:
+            stats |= fallback(static, path, x_val[: q["sensitivity_images"]], setting["fp32_layers"])
+            stats["calibration_images"] = len(calib)
+    info = {"variant": args.variant, "model": Path(args.model).parent.name, "recipe": args.recipe, "kind": kind,
+            "arch": card["arch"], "runtime": recipes.RUNTIME[kind], "file": path.name,
+            "size_mb": round(path.stat().st_size / 2**20, 3), "settings": stats["settings"]}  # fmt: skip
+    (out / "variant.json").write_text(json.dumps(info, indent=2) + "\n")
+    stats["size_mb"] = info["size_mb"]
+    if path.suffix == ".onnx":
+        stats["op_counts"] = quantization.op_counts(path)
+        stats["weight_scales"] = quantization.weight_scales(path)  # what the graph holds, whatever was asked
 
-    # How far INT8 moved from FP32, on validation images (never on test).
-    x_val, _ = data.load_split(args.data_dir, "val", size)
-    x_val = data.to_float(x_val).numpy()
-    logits32, logits8 = run_onnx(fp32, x_val), run_onnx(int8, x_val)
-    agreement = float(np.mean(logits32.argmax(1) == logits8.argmax(1)))
-    stats = {
-        "fp32_size_mb": round(fp32.stat().st_size / 2**20, 3),
-        "int8_size_mb": round(int8.stat().st_size / 2**20, 3),
-        "val_top1_agreement": round(agreement, 4),
-        "val_max_abs_logit_diff": round(float(np.abs(logits32 - logits8).max()), 4),
-        "calibration_images": len(calib),
-    }
+    if kind != "torch":  # how far the variant moved from the FP32 model, on validation images
+        ref = runtime.TorchRunner(args.model, p["base"]["threads"])
+        runner = runtime.load_runner(path, info["runtime"], p["base"]["threads"])
+        ref_logits = np.concatenate([ref(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
+        logits = np.concatenate([runner(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
+        stats["val_top1_agreement"] = round(float(np.mean(ref_logits.argmax(1) == logits.argmax(1))), 4)
+        stats["val_max_abs_logit_diff"] = round(float(np.abs(ref_logits - logits).max()), 4)
+        task = data.read_info(args.data_dir)["task"]
+        deltas, hurt = val_deltas(ref_logits, logits, y_val, task, p["evaluate"]["target_recall"],
+                                  q["max_drop_pt"], p["evaluate"]["bootstrap"], seed)  # fmt: skip
+        stats |= deltas | {"ptq_hurt": hurt, "max_drop_pt": q["max_drop_pt"]}
     write_json(args.metrics, stats)
-    log.info("%s: %s", card["arch"], stats)
+    log.info("%s (%s): %s", args.variant, card["arch"], {k: v for k, v in stats.items() if not isinstance(v, dict)})
 
 
 if __name__ == "__main__":

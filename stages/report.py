@@ -2,13 +2,15 @@
 
     python -m stages.report metrics/evaluate metrics/benchmark.json plots/benchmark/rounds.csv \
         artifacts/predictions metrics/prepare.json data/prepared plots/report metrics/report.json \
-        metrics/headline.json REPORT.md
+        metrics/headline.json REPORT.md metrics/quantize --models teacher student_kd --recipes ort_fp32 int8_static_pc
 
 Quality deltas are paired over test images, speed-ups over benchmark rounds (see lib/comparison).
 The Pareto plots rank variants on a threshold-free quality (`report.quality`, AUROC by default,
 with its interval), so a variant reaches the front by ranking defects better, not by a luckier
 threshold. `metrics/headline.json` is the few numbers `dvc exp show` lists; the rest stays in
-`metrics/report.json` and the CSVs.
+`metrics/report.json` and the CSVs. Only the variants of `--models` x `--recipes` (params `compare`)
+are reported; a step whose variants are not among them is left out. "Which precision?" is
+lib/precision.
 """
 
 import argparse
@@ -20,7 +22,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from stages.lib import comparison, data, metrics, params, selection, sweep, writeup
+from stages.lib import comparison, data, metrics, params, precision, selection, sweep, writeup
 from stages.lib.outputs import write_json
 
 matplotlib.use("Agg")
@@ -36,20 +38,25 @@ def read_dir(folder, suffix=".json"):
 
 
 def check(p, ev):
+    """(quality, guards, steps): steps whose variants are not in this run (params `compare`) are left out."""
     r = p["report"]
     ev.check_variant("report.reference", r["reference"])
     if not isinstance(r["steps"], dict):
         raise params.ParamError(f"report.steps={r['steps']!r}; expected a mapping name: [before, after]")
+    steps = {}
     for name, pair in r["steps"].items():
         if not (isinstance(pair, list) and len(pair) == 2):
             raise params.ParamError(f"report.steps.{name}={pair!r}; expected [before_variant, after_variant]")
-        for v in pair:
-            ev.check_variant(f"report.steps.{name}", v)
+        missing = [v for v in pair if v not in ev.evaluated]
+        if missing:
+            log.warning("report.steps.%s left out: %s not among this run's variants (params compare)", name, missing)
+        else:
+            steps[name] = pair
     if ev.task == "binary":
         ranking = ["auroc", *(n for n in ev.ci_names if metrics._curve_metric(n))]
         params.check_choice("report.quality", r["quality"], set(ranking))
-        return r["quality"], ["auroc", metrics.pct_name("fpr_at_recall", p["evaluate"]["target_recall"])]
-    return comparison.MULTICLASS_QUALITY, [comparison.MULTICLASS_QUALITY]
+        return r["quality"], ["auroc", metrics.pct_name("fpr_at_recall", p["evaluate"]["target_recall"])], steps
+    return comparison.MULTICLASS_QUALITY, [comparison.MULTICLASS_QUALITY], steps
 
 
 def plot(table, quality, path):
@@ -119,34 +126,35 @@ def pruning_section(ev, pruned, quality, guards, out, report_md):
     return text, {"first_degraded_ratio_pct": first, "sparse": sparse}
 
 
-def with_section(text, section):
-    """`section` just before the caveats (or at the end)."""
-    at = text.find("## Caveats")
-    return text + "\n" + section if at < 0 else text[:at] + section + "\n" + text[at:]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("evaluate_dir", "benchmark", "rounds_csv", "predictions_dir", "prepare_metrics", "data_dir",
-                 "out_dir", "metrics", "headline", "report_md"):  # fmt: skip
+                 "out_dir", "metrics", "headline", "report_md", "quantize_dir"):  # fmt: skip
         parser.add_argument(name)
     parser.add_argument("--pruning", required=True, help="folder of pruning metrics (metrics/prune): sweep section")
     parser.add_argument("--select", help="metrics/select.json of the select stage: adds the deployment section")
+    parser.add_argument("--models", nargs="+", required=True, help="params compare.models")
+    parser.add_argument("--recipes", nargs="+", required=True, help="params compare.recipes")
     args = parser.parse_args()
     p = params.load()
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     bench = json.loads(Path(args.benchmark).read_text())
-    ev = comparison.Evidence(read_dir(args.evaluate_dir), bench["variants"], pd.read_csv(args.rounds_csv),
-                             read_dir(args.predictions_dir, ".csv"), p["evaluate"]["bootstrap"], p["base"]["seed"],
-                             bench["threads"][-1])  # fmt: skip
-    quality, guards = check(p, ev)
+    wanted = {f"{m}_{r}" for m in args.models for r in args.recipes}
+
+    def keep(found):  # older experiments' files may still lie in the folders: only this run's variants
+        return {k: v for k, v in found.items() if k in wanted}
+
+    ev = comparison.Evidence(keep(read_dir(args.evaluate_dir)), keep(bench["variants"]), pd.read_csv(args.rounds_csv),
+                             keep(read_dir(args.predictions_dir, ".csv")), p["evaluate"]["bootstrap"],
+                             p["base"]["seed"], bench["threads"][-1])  # fmt: skip
+    quality, guards, step_pairs = check(p, ev)
     reference = p["report"]["reference"]
     table = comparison.build_table(ev, reference)
-    steps = {
-        name: {"before": b, "after": a, "delta": ev.compare(a, b)} for name, (b, a) in p["report"]["steps"].items()
-    }
+    steps = {name: {"before": b, "after": a, "delta": ev.compare(a, b)} for name, (b, a) in step_pairs.items()}
+    quantized = keep(read_dir(args.quantize_dir))
+    prec = precision.rows(ev, table, args.models, args.recipes, reference, guards, quantized)
     recommended, rule = comparison.recommend(table, guards)
     names = [n for n in ev.ci_names if n not in ("precision", "f1")]
 
@@ -157,7 +165,8 @@ def main():
     plot(table, quality, out / "pareto.png")
     section, pruning = pruning_section(ev, read_dir(args.pruning), quality, guards, out, args.report_md)
     write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
-                              "recommended": recommended, "rule": rule, "quality": quality, "pruning": pruning})  # fmt: skip
+                              "recommended": recommended, "rule": rule, "quality": quality,
+                              "precision": prec, "pruning": pruning})  # fmt: skip
     quality_cols = ["recall", "fpr", "auroc"] if ev.task == "binary" else ["accuracy", "macro_recall"]
     head = headline(table, reference, recommended, quality_cols)
     selected = json.loads(Path(args.select).read_text()) if args.select else None
@@ -168,7 +177,8 @@ def main():
            "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
            "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),
            "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
-    text = with_section(writeup.render(table, ctx), section)
+    which = precision.section(prec, reference, guards, p["quantize"]["max_drop_pt"])
+    text = precision.insert(precision.insert(writeup.render(table, ctx), which), section)
     if selected:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
         text += "\n".join(selection.report_section(selected, ev.evaluated)) + "\n"
     Path(args.report_md).write_text(text)

@@ -1,7 +1,6 @@
 """Honest deps: each stage in dvc.yaml lists its script and every stages.lib module it imports."""
 
 import ast
-from pathlib import Path
 
 import yaml
 
@@ -42,22 +41,48 @@ def test_every_stage_lists_what_it_imports(root):
         assert not unused, f"{name}: deps list modules it does not import {sorted(unused)}"
 
 
-def test_every_variant_is_plotted_and_evaluated(root):
-    spec = yaml.safe_load((root / "dvc.yaml").read_text())
-    variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
-    plotted = Path(root / "dvc.yaml").read_text()
-    for v in variants:
-        assert f"plots/evaluate/roc/{v}.csv" in plotted and f"plots/evaluate/pr/{v}.csv" in plotted
+def resolved_stages(root):
+    """The stages DVC generates from dvc.yaml + params.yaml (matrix expanded), by name."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {s.name: s for s in repo.index.stages}
+
+
+def compared(root):
+    """(model, recipe, variant name) for every variant params `compare` asks for."""
+    compare = yaml.safe_load((root / "params.yaml").read_text())["compare"]
+    return [(m, r, f"{m}_{r}") for m in compare["models"] for r in compare["recipes"]]
+
+
+def test_every_variant_is_made_evaluated_and_plotted(root):
+    """compare.models x compare.recipes -> one quantize and one evaluate stage per variant, plotted by folder."""
+    stages = resolved_stages(root)
+    plots = [
+        next(iter(p)) if isinstance(p, dict) else p for p in yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
+    ]
+    for model, recipe, v in compared(root):
+        quantize, evaluate = stages[f"quantize@{model}-{recipe}"], stages[f"evaluate@{model}-{recipe}"]
+        assert f"artifacts/variants/{v}" in [o.def_path for o in quantize.outs]
+        assert f"artifacts/{model}/model.pt" in [d.def_path for d in quantize.deps]
+        assert f"artifacts/variants/{v}" in [d.def_path for d in evaluate.deps]
+        for kind in ("roc", "pr"):
+            assert f"plots/evaluate/{kind}/{v}.csv" in [o.def_path for o in evaluate.outs]
+            assert f"plots/evaluate/{kind}" in plots
 
 
 def test_benchmark_depends_on_every_variant_it_measures(root):
-    """One benchmark stage takes all variants (DVC unpacks the dict into its command): each model is a dep."""
+    """One benchmark stage takes all variants (DVC unpacks `compare` into its command): each variant folder
+    lies under a dependency of the benchmark, so a changed variant reruns it."""
     spec = yaml.safe_load((root / "dvc.yaml").read_text())
-    variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
     bench = spec["stages"]["benchmark"]
-    assert "${variants}" in bench["cmd"]
-    missing = {v for v, item in variants.items() if item["model"] not in bench["deps"]}
-    assert not missing, f"benchmark deps miss the models of {sorted(missing)}"
+    assert "${compare}" in bench["cmd"] and "${compare}" in spec["stages"]["report"]["cmd"]
+    stages = resolved_stages(root)
+    deps = [d.def_path for d in stages["benchmark"].deps]
+    made = [o.def_path for name, s in stages.items() if name.startswith("quantize@") for o in s.outs]
+    for _, _, v in compared(root):
+        assert f"artifacts/variants/{v}" in made
+        assert any(f"artifacts/variants/{v}".startswith(d + "/") for d in deps), f"benchmark deps miss {v}"
     assert "metrics/fingerprint.json" in bench["deps"]  # another machine re-measures everything
     assert spec["stages"]["fingerprint"].get("always_changed") is True
 

@@ -28,11 +28,12 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 16},
     "prune": {"epochs": 1},
     "sparsify": {"epochs": 1},
-    "quantize": {"calibration_images": 8},
+    "quantize": {"sensitivity_images": 4},
     "evaluate": {"bootstrap": 200},
     "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
     "select": {"min_recall": None},  # ~3 validation defects: no 95 % lower bound can reach a recall floor
 }
+TINY_RECIPES = {"calibration_images": 8}  # applied to every recipe of quantize.recipes that has the option
 UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune", "sparsify"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -61,6 +62,8 @@ def set_params(repo, overrides):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in overrides.items():
         params[section].update(values)
+    for recipe in params["quantize"]["recipes"].values():
+        recipe.update({k: v for k, v in TINY_RECIPES.items() if k in recipe})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -85,27 +88,28 @@ def repo(tmp_path_factory):
     return repo, first.stdout
 
 
+def compared(repo):
+    compare = yaml.safe_load((repo / "params.yaml").read_text())["compare"]
+    return [f"{m}_{r}" for m in compare["models"] for r in compare["recipes"]]
+
+
 def test_every_stage_runs_and_writes_its_outputs(repo):
     repo, out = repo
-    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    variants = next(v["variants"] for v in spec["vars"] if "variants" in v)
-    expected = [
-        "prepare",
-        "finetune_teacher",
-        "train_student",
-        "distill",
-        "prune/student_pruned",
-        "report",
-        "benchmark",
-        "select",
-    ]
+    variants = compared(repo)
     sparse = yaml.safe_load((repo / "params.yaml").read_text())["sparsify"]["models"]
+    expected = ["prepare", "finetune_teacher", "train_student", "distill", "prune/student_pruned", "report",
+                "benchmark", "select"]  # fmt: skip
     expected += [f"prune/{m}" for m in sparse]
-    expected += [f"quantize/{m}" for m in ("teacher", "student_kd", "student_pruned")]
-    expected += [f"evaluate/{v}" for v in variants]
+    expected += [f"quantize/{v}" for v in variants] + [f"evaluate/{v}" for v in variants]
     for name in expected:
         assert (repo / "metrics" / f"{name}.json").exists(), name
-    assert len(ran(out)) == 5 + len(sparse) + 3 + len(variants) + 5  # + fingerprint, benchmark, select, report, bundle_vega
+    assert len(ran(out)) == 5 + len(sparse) + 2 * len(variants) + 5  # + fingerprint, benchmark, select, report, bundle_vega
+    for v in variants:
+        info = json.loads((repo / "artifacts/variants" / v / "variant.json").read_text())
+        assert (repo / "artifacts/variants" / v / info["file"]).is_file() and info["variant"] == v
+    assert (repo / "artifacts/variants/student_kd_int8_static_pc/calibration.json").is_file()
+    q = json.loads((repo / "metrics/quantize/student_kd_int8_static_pc.json").read_text())
+    assert {"cpu_vnni", "ptq_hurt", "val_auroc_delta_pt_ci95", "sensitive_1", "weight_scales"} <= set(q)
 
     prune = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
     assert prune["params_after_m"] < prune["params_before_m"]
@@ -113,10 +117,10 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
         sp = json.loads((repo / f"metrics/prune/{m}.json").read_text())
         assert sp["sparsity_all_weights"] > 0.3 and sp["size_deflate_mb"] < sp["size_dense_mb"], m
         assert spec["pattern"] != "2:4" or (sp["holds_2_4"] and "skipped" in sp["gpu_2_4"]), m
-    ev = json.loads((repo / "metrics/evaluate/student_kd_int8.json").read_text())
+    ev = json.loads((repo / "metrics/evaluate/student_kd_int8_static_pc.json").read_text())
     assert {"recall", "fnr", "fpr", "precision", "f1", "auroc", "ap", "threshold", "recall_at_fpr_5pct"} <= set(ev)
     assert {"recall_ci95", "fpr_ci95", "auroc_ci95", "fpr_at_recall_95pct_ci95", "recall_at_fpr_1pct_ci95"} <= set(ev)
-    assert "cell_type" in ev["by"] and (repo / "artifacts/predictions/student_kd_int8.csv").exists()
+    assert "cell_type" in ev["by"] and (repo / "artifacts/predictions/student_kd_int8_static_pc.csv").exists()
 
     bench = json.loads((repo / "metrics/benchmark.json").read_text())
     fingerprint = json.loads((repo / "metrics/fingerprint.json").read_text())
@@ -125,27 +129,29 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
         assert b["latency_ms_p50"] > 0 and b["size_mb"] > 0 and b["peak_rss_mb"] > 0, v
         lo, hi = b["latency_ms_p50_ci95"]
         assert lo <= hi and b["latency_ms_p50_cov_pct"] >= 0 and b["fingerprint_id"] == fingerprint["id"]
-        assert b["torch_imported"] == (b["runtime"] == "torch"), v  # ORT variants run without torch
+        assert b["torch_imported"] == (b["runtime"] != "onnxruntime"), v  # ORT variants run without torch
     rounds = (repo / "plots/benchmark/rounds.csv").read_text().splitlines()
     assert len(rounds) == 1 + TINY["benchmark"]["rounds"] * len(variants) * 2  # threads 1 and base.threads
 
     report = json.loads((repo / "metrics/report.json").read_text())
     table = report["variants"]
-    assert set(table) == set(variants) and table["teacher_fp32"]["speedup_x"] == 1.0
-    assert table["teacher_fp32"]["speedup_x_1t"] == 1.0
-    assert table["teacher_fp32"]["auroc_delta_pt_ci_low"] == 0  # paired with itself
+    assert set(table) == set(variants) and table["teacher_torch_fp32"]["speedup_x"] == 1.0
+    assert table["teacher_torch_fp32"]["speedup_x_1t"] == 1.0
+    assert table["teacher_torch_fp32"]["auroc_delta_pt_ci_low"] == 0  # paired with itself
+    assert {r["variant"] for r in report["precision"]} == set(variants)
     assert {"runtime", "int8", "pruning", "distillation"} <= set(report["steps"]) and report["recommended"] in variants
     headline = json.loads((repo / "metrics/headline.json").read_text())
     assert (
-        headline["recommended"] == report["recommended"] and headline["ref"]["auroc"] == table["teacher_fp32"]["auroc"]
+        headline["recommended"] == report["recommended"]
+        and headline["ref"]["auroc"] == table["teacher_torch_fp32"]["auroc"]
     )
     text = (repo / "REPORT.md").read_text()
     for heading in ("## Data and split", "## Machine", "## What each step bought and cost", "## Recommended variant",
-                    "## Caveats", fingerprint["id"]):  # fmt: skip
+                    "## Which precision?", "**Did PTQ hurt?**", "## Caveats", fingerprint["id"]):  # fmt: skip
         assert heading in text
     assert "## Where pruning starts to hurt" in text and "compute every zero" in text  # sweep + sparsity
     sweep = report["pruning"]
-    assert set(sweep["sparse"]) == set(sparse) and set(sweep["first_degraded_ratio_pct"]) >= {"int8", "ort_fp32"}
+    assert set(sweep["sparse"]) == set(sparse) and set(sweep["first_degraded_ratio_pct"]) >= {"int8_static_pc", "ort_fp32"}
     for f in ("comparison.csv", "pareto.csv", "pareto.png", "sweep.csv", "sweep.png"):
         assert (repo / "plots/report" / f).stat().st_size > 0
     assert "rec.auroc" in dvc("metrics", "show", cwd=repo).stdout
@@ -235,11 +241,15 @@ def test_select_param_reruns_only_select_and_report(repo):
 
 def test_quantize_param_reruns_only_quantize_and_downstream(repo):
     repo, _ = repo
-    set_params(repo, {"quantize": {"per_channel": False}})
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["quantize"]["recipes"]["int8_static_pc"]["per_channel"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = ran(dvc("repro", cwd=repo).stdout)
-    assert {"quantize@teacher", "quantize@student_kd", "quantize@student_pruned"} <= stages
-    assert {"evaluate@student_kd_int8", "benchmark", "report"} <= stages
+    models = params["compare"]["models"]
+    assert {f"quantize@{m}-int8_static_pc" for m in models} | {f"evaluate@{m}-int8_static_pc" for m in models} <= stages
+    assert {"benchmark", "report"} <= stages
     assert not stages & UPSTREAM
+    assert not {s for s in stages if "@" in s and not s.endswith("-int8_static_pc")}, stages  # other recipes kept
     allowed = {"quantize", "evaluate", "benchmark", "select", "report", "fingerprint"}
     assert all(s.split("@")[0] in allowed for s in stages), stages
 

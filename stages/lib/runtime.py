@@ -5,9 +5,12 @@ variant holds ORT's memory alone, as it would in deployment. Each runner records
 runtime settings it used (`settings`), so a benchmark result says how it was measured.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "torch_pt2e")  # torch_pt2e: a torchao PT2E INT8 program, Inductor-compiled
 
 # ONNX Runtime CPU settings for every session (evaluate and benchmark alike). Intra-op threads
 # spin-wait between operators (ORT's default): lower, steadier batch-1 latency at the price of
@@ -73,12 +76,29 @@ class OrtRunner:
         return self.session.run(None, {self.input: x})[0]
 
 
+def read_variant(variant_dir):
+    """(model file path, runtime name, variant.json) of a variant folder written by the quantize stage."""
+    folder = Path(variant_dir)
+    if not (folder / "variant.json").is_file():
+        raise FileNotFoundError(f"{folder}/variant.json not found; run the quantize stage for this variant first")
+    info = json.loads((folder / "variant.json").read_text())
+    if info["runtime"] not in RUNTIMES:
+        raise ValueError(f"{folder}/variant.json: runtime={info['runtime']!r}; expected one of {list(RUNTIMES)}")
+    return folder / info["file"], info["runtime"], info
+
+
 def load_runner(path, runtime, threads, device="cpu", channels_last=False):
+    if runtime == "torch_pt2e":
+        from stages.lib import pt2e
+
+        return pt2e.Pt2eRunner(path, threads, device, channels_last)
     cls = {"torch": TorchRunner, "onnxruntime": OrtRunner}[runtime]
     return cls(path, threads, device, channels_last)
 
 
 def gpu_available(runtime):
+    if runtime == "torch_pt2e":
+        return False  # the X86 Inductor INT8 program is CPU only
     if runtime == "torch":
         import torch
 

@@ -1,0 +1,136 @@
+"""Quantization recipes as data: what each kind accepts, checked before any work, and `auto` resolved for the CPU.
+
+A recipe is one entry of `quantize.recipes` in params.yaml, e.g.
+    int8_static_pc: {kind: ort_static, per_channel: true, calibrate_method: minmax, ...}
+Every kind lists the options it takes and their allowed values; a recipe must give exactly those
+(no silent defaults), so an unknown name, option or value stops the stage with the key, the value
+and what is allowed. `resolve` turns `auto` into concrete choices for the CPU the stage runs on and
+for the model family (transformers get ViT-safe op types).
+"""
+
+from pathlib import Path
+
+from stages.lib.params import ParamError, check_choice, check_int
+
+BOOL = {True, False}
+# Options per kind: name -> allowed values (a set), or ("int", minimum).
+KINDS = {
+    "torch": {},  # the model.pt as trained, run in PyTorch eager
+    "onnx_fp32": {},  # the same weights exported to ONNX, run in ONNX Runtime FP32
+    "onnx_fp16": {},  # FP16 weights and compute, float32 inputs and outputs
+    "ort_static": {
+        "per_channel": BOOL,
+        "calibrate_method": {"minmax", "entropy", "percentile"},
+        "calibration_images": ("int", 1),
+        "activation_type": {"auto", "uint8", "int8"},
+        "weight_type": {"int8", "uint8"},
+        "reduce_range": {"auto", True, False},
+        "fp32_layers": ("int", 0),
+        "op_types": {"auto", "all", "vit_safe"},
+    },
+    "ort_dynamic": {
+        "per_channel": BOOL,
+        "weight_type": {"int8", "uint8"},
+        "reduce_range": {"auto", True, False},
+        "op_types": {"auto", "all", "vit_safe"},
+    },
+}
+# Kinds whose module checks its own options (and fills its defaults): lib/clustering.py, lib/pt2e.py, lib/qat.py.
+DELEGATED = {"cluster", "pt2e", "qat"}
+# How each kind's file is run (runtime.RUNTIMES).
+RUNTIME = {"torch": "torch", "onnx_fp32": "onnxruntime", "onnx_fp16": "onnxruntime", "ort_static": "onnxruntime",
+           "ort_dynamic": "onnxruntime", "cluster": "torch", "pt2e": "torch_pt2e", "qat": "onnxruntime"}  # fmt: skip
+
+# ViT-safe INT8: only the matrix multiplies are quantized. Softmax, LayerNorm, GELU and the residual
+# Adds stay float: their outputs have outliers that one INT8 scale per tensor cannot hold.
+VIT_SAFE_OPS = ["MatMul", "Gemm", "Conv"]
+TRANSFORMER_ARCHS = ("vit", "deit", "swin", "beit", "eva", "levit", "convit", "cait", "xcit", "mobilevit",
+                     "efficientformer")  # fmt: skip
+
+CPU_FLAGS_FILE = "/proc/cpuinfo"
+
+
+def check(name, recipe, recipes_key="quantize.recipes"):
+    """The recipe `name` from params, checked: unknown kind, option or value -> ParamError naming them."""
+    key = f"{recipes_key}.{name}"
+    if not isinstance(recipe, dict) or "kind" not in recipe:
+        raise ParamError(f"{key}={recipe!r} is not allowed; expected a mapping with 'kind', one of {sorted(KINDS)}")
+    kind = check_choice(f"{key}.kind", recipe["kind"], set(KINDS) | DELEGATED)
+    if kind == "cluster":
+        from stages.lib import clustering
+
+        return clustering.check_recipe(key, recipe)
+    if kind == "pt2e":
+        from stages.lib import pt2e
+
+        return pt2e.check_recipe(key, recipe)
+    if kind == "qat":
+        from stages.lib import qat
+
+        return qat.check_recipe(key, recipe)
+    options = {k: v for k, v in recipe.items() if k != "kind"}
+    allowed = KINDS[kind]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ParamError(f"{key}.{unknown[0]}={options[unknown[0]]!r}: kind {kind!r} has no option {unknown[0]!r}; "
+                         f"expected options {sorted(allowed)}")  # fmt: skip
+    missing = sorted(set(allowed) - set(options))
+    if missing:
+        raise ParamError(f"{key}.{missing[0]} is missing; kind {kind!r} needs every option of {sorted(allowed)}")
+    for opt, rule in allowed.items():
+        if isinstance(rule, tuple):
+            check_int(f"{key}.{opt}", options[opt], rule[1])
+        else:
+            check_choice(f"{key}.{opt}", options[opt], rule)
+    return recipe
+
+
+def find(recipes, name):
+    """`quantize.recipes[name]`, checked; an unknown name lists the recipes there are."""
+    if not isinstance(recipes, dict) or name not in recipes:
+        known = sorted(recipes) if isinstance(recipes, dict) else []
+        raise ParamError(f"recipe={name!r} is not in quantize.recipes; expected one of {known}")
+    return check(name, recipes[name])
+
+
+def cpu_int8_features(path=CPU_FLAGS_FILE):
+    """Which x86 INT8 dot-product instructions this CPU has (from /proc/cpuinfo flags)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        text = ""
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return {
+        "cpu_avx2": "avx2" in flags,
+        "cpu_avx512": "avx512f" in flags,
+        "cpu_avx512_vnni": "avx512_vnni" in flags,
+        "cpu_avx_vnni": "avx_vnni" in flags,
+        "cpu_amx_int8": "amx_int8" in flags,
+        "cpu_vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
+    }
+
+
+def is_transformer(arch):
+    return str(arch).lower().startswith(TRANSFORMER_ARCHS)
+
+
+def resolve(recipe, arch, cpu):
+    """Concrete settings: `auto` replaced for this CPU and model family, with the reason recorded.
+
+    Activations UINT8, weights INT8 (U8S8) is the format ORT's x86 INT8 kernels are built for. Without
+    VNNI, those kernels add pairs of u8 x s8 products in 16 bits (VPMADDUBSW), which can saturate:
+    ORT's guidance is 7-bit weights (reduce_range) there. With VNNI (or AMX) the sum is 32-bit: no need.
+    """
+    out = dict(recipe)
+    if "activation_type" in out and out["activation_type"] == "auto":
+        out["activation_type"] = "uint8"
+    if out.get("reduce_range") == "auto":
+        out["reduce_range"] = not cpu["cpu_vnni"]
+    if out.get("op_types") == "auto":
+        out["op_types"] = "vit_safe" if is_transformer(arch) else "all"
+    return out
+
+
+def op_types(setting):
+    """`op_types_to_quantize` for ORT: None = every op type ORT can quantize."""
+    return VIT_SAFE_OPS if setting == "vit_safe" else None

@@ -1,0 +1,112 @@
+"""Per-layer INT8 sensitivity, and which layers a mixed-precision recipe keeps in float.
+
+For each node that computes in INT8 (Conv, MatMul, Gemm ...), the quantization noise it sees is
+that of its inputs: each activation's QuantizeLinear -> DequantizeLinear round trip, applied to
+the activations the *FP32* graph produces on validation images (ONNX Runtime's `qdq_loss_debug`
+exposes every intermediate tensor), and its weight's (dequantized vs float). Measuring the round
+trip on float activations keeps the error local: what upstream layers already lost does not count
+against this one. Each is a signal-to-quantization-noise ratio (SQNR, dB, against the value clipped
+to the representable range, as the calibrated range clips it); the node's noise is their sum in
+linear power, so its SQNR is
+
+    sqnr_db = -10 log10(sum over inputs of 10^(-sqnr_i / 10)).
+
+The lowest SQNR is the most sensitive node: `fp32_layers: k` keeps the k lowest in float. Only
+layers with weights (Conv, MatMul, Gemm) are ranked: excluding one keeps its weights and arithmetic
+float. A weightless op (a residual Add) between quantized layers would still be fused into an INT8
+kernel by ONNX Runtime (its inputs and output are quantized for its neighbours), so it cannot fall back.
+"""
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from stages.lib import quantization
+
+
+def _sqnr(reference, noisy):
+    """SQNR in dB over every value of the paired arrays (inf when identical)."""
+    ref = np.concatenate([np.asarray(a, np.float64).ravel() for a in reference])
+    err = ref - np.concatenate([np.asarray(a, np.float64).ravel() for a in noisy])
+    noise = float(np.sum(err**2))
+    return math.inf if noise == 0 else 10 * math.log10(max(float(np.sum(ref**2)), 1e-30) / noise)
+
+
+def _activation_qparams(graph):
+    """{(node name, input index): (float tensor name, scale, zero point)} for activations a node reads dequantized."""
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    out = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
+                zp = inits[q.input[2]] if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+                out[(node.name, i)] = (q.input[0], inits[q.input[1]], zp)
+    return out
+
+
+def fake_quant_sqnr(x, scale, zero_point):
+    """SQNR (dB) of quantize -> dequantize on float values `x`, against `x` clipped to the representable range."""
+    info = np.iinfo(zero_point.dtype)
+    zp, scale = zero_point.astype(np.float64), np.asarray(scale, np.float64)
+    x = np.asarray(x, np.float64)
+    q = np.clip(np.round(x / scale) + zp, info.min, info.max)
+    ref = np.clip(x, (info.min - zp) * scale, (info.max - zp) * scale)
+    return _sqnr([ref], [(q - zp) * scale])
+
+
+def layer_sensitivity(float_path, qdq_path, x):
+    """Per INT8 node, the SQNR (dB) of the quantization noise at its inputs on images `x`, lowest first.
+
+    `float_path` must be the exact graph that was quantized (after `quantization.preprocess`), so that
+    tensor and node names match. Returns a list of {"node", "op", "sqnr_db"}.
+    """
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
+        augmented = Path(tmp) / "float.onnx"
+        dbg.modify_model_output_intermediate_tensors(str(float_path), str(augmented))
+        acts = dbg.collect_activations(str(augmented), quantization.ImageReader(x))
+    acts = {k: np.concatenate([np.ravel(a) for a in v]) for k, v in acts.items()}
+    acts["image"] = x.ravel()
+    weights = dbg.create_weight_matching(str(float_path), str(qdq_path))
+    w_sqnr = {t: _sqnr([m["float"]], [m["dequantized"]]) for t, m in weights.items()}
+
+    qdq = onnx.load(str(qdq_path), load_external_data=False).graph
+    qparams, int8 = _activation_qparams(qdq), quantization.int8_nodes_of(qdq)
+    rows = []
+    for node in qdq.node:
+        weights = _weight_names(node, qdq)
+        if node.name not in int8 or not weights:
+            continue
+        parts = [fake_quant_sqnr(acts[t], s, zp) for (n, _), (t, s, zp) in qparams.items()
+                 if n == node.name and t in acts]  # fmt: skip
+        parts += [w_sqnr[w] for w in weights if w in w_sqnr]
+        noise = sum(10 ** (-s / 10) for s in parts if math.isfinite(s))
+        sqnr = math.inf if noise == 0 else -10 * math.log10(noise)
+        rows.append({"node": node.name, "op": node.op_type, "sqnr_db": round(sqnr, 2) if math.isfinite(sqnr) else None})
+    return sorted(rows, key=lambda r: math.inf if r["sqnr_db"] is None else r["sqnr_db"])
+
+
+def _weight_names(node, graph):
+    """Float names of the weights a QDQ node reads (DequantizeLinear of '<name>_quantized' initializers)."""
+    inits = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    names = []
+    for i in node.input:
+        dq = producer.get(i)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            names.append(dq.input[0].removesuffix("_quantized"))
+    return names
+
+
+def most_sensitive(rows, k):
+    """Names of the k most sensitive nodes (lowest SQNR) to keep in float."""
+    return [r["node"] for r in rows[:k]]
