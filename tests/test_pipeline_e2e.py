@@ -27,7 +27,13 @@ TINY = {
     "prepare": {"max_images": 80},
     "train": {"epochs": 1, "batch_size": 16},
     "prune": {"epochs": 1},
-    "sparsify": {"epochs": 1},
+    "sparsify": {
+        "epochs": 1,
+        "models": {
+            "student_sparse50": {"pattern": "unstructured", "sparsity": 0.5},
+            "student_sparse24": {"pattern": "2:4"},
+        },
+    },
     "quantize": {"sensitivity_images": 4},
     "evaluate": {"bootstrap": 200},
     "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
