@@ -138,6 +138,9 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
         if len(gpu):
             entry |= {"gpu_latency_ms_p50": round(float(gpu["latency_ms_p50"].median()), 4),
                       "gpu_throughput_img_s": round(float(gpu["throughput_img_s"].median()), 1)}  # fmt: skip
+            if "fp16_latency_ms_p50" in gpu and gpu["fp16_latency_ms_p50"].notna().any():
+                entry |= {"gpu_fp16_latency_ms_p50": round(float(gpu["fp16_latency_ms_p50"].median()), 4),
+                          "gpu_fp16_throughput_img_s": round(float(gpu["fp16_throughput_img_s"].median()), 1)}  # fmt: skip
         core_hours = 1e6 / entry["throughput_img_s"] / 3600 * main_threads
         entry |= {
             "size_mb": round(Path(spec["model"]).stat().st_size / 2**20, 3),

@@ -30,7 +30,7 @@ class TorchRunner:
             torch.set_num_interop_threads(1)  # only settable once per process, before parallel work
         except RuntimeError:
             pass
-        self.torch, self.device = torch, device
+        self.torch, self.device, self.dtype = torch, device, torch.float32
         self.model, self.card = models.load(path)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(device, memory_format=self.memory_format)
@@ -39,9 +39,16 @@ class TorchRunner:
                          "channels_last": channels_last, "mode": "eager, inference_mode", "device": device,
                          "torch": torch.__version__}  # fmt: skip
 
+    def half(self):
+        """FP16 weights and compute (what a GPU runs fast); inputs are cast, logits come back float32."""
+        self.model.half()
+        self.dtype = self.torch.float16
+        self.settings = {**self.settings, "dtype": "float16"}
+        return self
+
     def __call__(self, x):
         with self.torch.inference_mode():
-            xt = self.torch.from_numpy(x).to(self.device).contiguous(memory_format=self.memory_format)
+            xt = self.torch.from_numpy(x).to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
             out = self.model(xt)
             if self.device != "cpu":
                 self.torch.cuda.synchronize()

@@ -64,6 +64,8 @@ def run_variant(model, runtime_name, threads, image_size, batch_size, seconds, m
         gpu = runtime.load_runner(model, runtime_name, threads[-1], device="cuda")
         result.update(measure(gpu, image_size, batch_size, seconds, min_calls, warmup, prefix="gpu_"))
         result["gpu_settings"] = gpu.settings
+        if runtime_name == "torch":  # FP16 on the GPU's tensor cores (on x86 CPUs FP16 is the slow case)
+            result.update(measure(gpu.half(), image_size, batch_size, seconds, min_calls, warmup, prefix="gpu_fp16_"))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
     result["torch_imported"] = "torch" in sys.modules  # ONNX Runtime variants must run without it
     return result
