@@ -28,19 +28,19 @@ def test_pipeline_runs_on_real_layout(name, tmp_path):
 
     info = json.loads((repo / "data/prepared/classes.json").read_text())
     assert info["task"] == task
-    ev = json.loads((repo / "metrics/evaluate/student_kd_int8.json").read_text())
+    ev = json.loads((repo / "metrics/evaluate/student_kd_int8_static_pc.json").read_text())
     report = json.loads((repo / "metrics/report.json").read_text())
     if task == "binary":
         assert {"recall", "recall_ci95", "auroc_ci95", "ap", "recall_at_fpr_5pct"} <= set(ev)
         assert set(ev["by"]["defect_type"]) == {"good", "broken_large", "broken_small", "contamination"}
-        assert "fpr_at_recall_95pct_delta_pt_ci_low" in report["variants"]["student_kd_int8"]
+        assert "fpr_at_recall_95pct_delta_pt_ci_low" in report["variants"]["student_kd_int8_static_pc"]
         # a handful of validation defects: no 95 % lower bound reaches 0.95, so the rule falls back, flagged
         assert ev["threshold_fallback"] and ev["by_rule"]["lower_bound"]["fallback"]
     else:
         assert len(info["classes"]) == 6
         assert {"macro_recall", "macro_recall_ci95", "accuracy_ci95"} <= set(ev)
         assert set(ev["per_class_recall"]) == set(info["classes"])
-        assert "macro_recall_delta_pt_ci_low" in report["variants"]["student_kd_int8"]
+        assert "macro_recall_delta_pt_ci_low" in report["variants"]["student_kd_int8_static_pc"]
     assert (repo / "REPORT.md").read_text().startswith("# Defect screening")
     select = json.loads((repo / "metrics/select.json").read_text())  # bundle + skew check on the real raw files
     assert select["skew"]["verdict_mismatches"] == 0 and (repo / "artifacts/deploy/model.onnx").is_file()

@@ -165,7 +165,18 @@ def test_quantize_stage_stops_on_a_bad_recipe_before_any_work(tmp_path, root, ed
     edit(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "variant"
-    cmd = [sys.executable, "-m", "stages.quantize", "m_int8_typo", "int8_typo", "no_data", "a.pt", "teacher.pt", str(out), "m.json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.quantize",
+        "m_int8_typo",
+        "int8_typo",
+        "no_data",
+        "a.pt",
+        "teacher.pt",
+        str(out),
+        "m.json",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(root)})
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert not out.exists() and not (tmp_path / "m.json").exists()

@@ -190,7 +190,12 @@ def render(table, ctx):
            "`dvc.lock`). Do not edit: rerun the pipeline._", "", "## Data and split", ""]  # fmt: skip
     out += data_lines(prepared, info, ctx["params"])
     if info["task"] == "binary":
-        out += ["", f"Operating point: for each variant, the highest threshold that still catches "
+        rule = (
+            "the highest threshold that still catches"
+            if ctx["params"]["evaluate"]["threshold_rule"] == "highest"
+            else "the highest threshold at which the one-sided 95 % lower bound of validation recall reaches"
+        )
+        out += ["", f"Operating point: for each variant, {rule} "
                     f"{ctx['target_recall']:.0%} of the {prepared['val_defect']} validation defects; it is then applied "
                     f"unchanged to test. Quality is compared at matched recall (FPR at {ctx['target_recall']:.0%} recall) "
                     f"and threshold-free (AUROC), so a variant cannot look better by a luckier threshold."]  # fmt: skip
