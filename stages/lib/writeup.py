@@ -192,7 +192,7 @@ def render(table, ctx):
     if info["task"] == "binary":
         rule = (
             "the highest threshold that still catches"
-            if ctx["params"]["evaluate"]["threshold_rule"] == "highest"
+            if ctx["params"].get("evaluate", {}).get("threshold_rule", "highest") == "highest"
             else "the highest threshold at which the one-sided 95 % lower bound of validation recall reaches"
         )
         out += ["", f"Operating point: for each variant, {rule} "
