@@ -12,6 +12,12 @@ import pytest
 from tests.conftest import SHARED
 from tests.test_pipeline_e2e import TINY, copy_repo, dvc
 
+# The data path is what is under test: two models x two recipes are enough for every stage to see the
+# data set (distill and prune still train), and keep each run a few minutes.
+SMALL = {
+    "compare": {"models": ["teacher", "student_kd"], "recipes": ["torch_fp32", "int8_static_pc"]},
+    "sparsify": {**TINY["sparsify"], "models": {}},
+}
 CASES = {
     "mvtec_ad": ({"dataset": "mvtec_ad", "root": str(SHARED / "data" / "mvtec_ad"), "max_images": 120}, "binary"),
     "neu": ({"dataset": "neu", "root": str(SHARED / "data" / "NEU-DET"), "max_images": 120}, "multiclass"),
@@ -23,7 +29,7 @@ def test_pipeline_runs_on_real_layout(name, tmp_path):
     prep, task = CASES[name]
     if not Path(prep["root"]).is_dir():
         pytest.skip(f"{prep['root']} not found: ../shared/data holds the real MVTec AD / NEU-DET layouts")
-    repo = copy_repo(tmp_path, {**TINY, "prepare": {**TINY["prepare"], **prep}})
+    repo = copy_repo(tmp_path, {**TINY, **SMALL, "prepare": {**TINY["prepare"], **prep}})
     dvc("repro", cwd=repo)
 
     info = json.loads((repo / "data/prepared/classes.json").read_text())

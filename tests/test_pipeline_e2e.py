@@ -197,6 +197,47 @@ def test_clone_reuses_benchmark_on_same_machine_and_remeasures_on_another(repo, 
     assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint", "benchmark", "select", "report"}
 
 
+def test_shared_remote_lets_another_clone_reuse_every_result(repo, tmp_path):
+    """A team shares one DVC remote: push from one clone, pull into another, and `dvc repro` retrains nothing."""
+    repo, _ = repo
+    remote = tmp_path / "team-remote"  # README: the same with s3://, gs://, ssh://
+    dvc("remote", "add", "--local", "-d", "team", str(remote), cwd=repo)
+    dvc("push", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "results", "--allow-empty", cwd=repo)
+    clone = tmp_path / "teammate"
+    sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    dvc("remote", "add", "--local", "-d", "team", str(remote), cwd=clone)
+    dvc("pull", cwd=clone)
+    assert (clone / "artifacts/student_kd/model.pt").read_bytes() == (repo / "artifacts/student_kd/model.pt").read_bytes()
+    assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint"}
+
+
+def test_queued_experiments_run_and_show_side_by_side(repo):
+    """README "Sweeps": two queued experiments, one worker (so benchmarks never overlap), both in `dvc exp show`."""
+    repo, _ = repo
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "before the sweep", "--allow-empty", cwd=repo)
+    for ms in (1000, 2000):  # select knobs only: each experiment reruns select and report, nothing upstream
+        dvc("exp", "run", "--queue", "-n", f"lat{ms}", "-S", f"select.max_latency_ms={ms}", cwd=repo)
+    dvc("queue", "start", "-j", "1", cwd=repo)  # returns when the worker has emptied the queue
+    for _ in range(120):
+        status = dvc("queue", "status", cwd=repo).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        subprocess.run(["sleep", "5"])
+    assert "Failed" not in status, dvc("queue", "logs", "lat1000", cwd=repo, check=False).stdout
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    exps = {e["name"]: e for rev in shown for e in (rev.get("experiments") or []) if e.get("name")}
+    assert {"lat1000", "lat2000"} <= set(exps), list(exps)
+    for name, ms in (("lat1000", 1000), ("lat2000", 2000)):
+        data = exps[name]["revs"][0]["data"]
+        assert data["params"]["params.yaml"]["data"]["select"]["max_latency_ms"] == ms
+        assert data["metrics"]["metrics/headline.json"]["data"]["deployed"]
+    dvc("exp", "branch", "lat1000", "fastest-pick", cwd=repo)  # README: keep the one you want
+    assert "fastest-pick" in sh(["git", "branch"], repo).stdout
+
+
 def test_select_writes_the_bundle_of_the_fastest_onnx_variant(repo):
     repo, _ = repo
     sel = json.loads((repo / "metrics/select.json").read_text())

@@ -1,0 +1,57 @@
+"""Copy finished DVC experiments out of their refs into a folder of this repo, so their results are committed.
+
+    python reports/collect.py reports/prune_options prune-l2 prune-taylor ...
+
+`dvc exp run` keeps each experiment as a git ref that is not pushed with the branch. For every name this writes
+<folder>/<name>/ with what the experiment's own run produced, byte for byte: params.yaml, dvc.lock (the exact
+inputs and outputs), REPORT.md, the metrics JSON files and the report's PNG plots, plus experiment.json naming
+the experiment commit and the commit it was run on. Nothing is recomputed or edited.
+"""
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+KEEP_DIRS = ("metrics/", "plots/report/")
+KEEP_FILES = ("params.yaml", "dvc.lock", "REPORT.md")
+
+
+def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, check=True).stdout
+
+
+def exp_ref(name):
+    refs = git("for-each-ref", "--format=%(refname)", "refs/exps").decode().split()
+    found = [r for r in refs if r.rsplit("/", 1)[-1] == name]
+    if len(found) != 1:
+        raise SystemExit(f"experiment {name!r}: expected one ref under refs/exps, found {len(found)} (dvc exp list)")
+    return found[0]
+
+
+def collect(name, dest):
+    ref = exp_ref(name)
+    commit = git("rev-parse", ref).decode().strip()
+    files = git("ls-tree", "-r", "--name-only", commit).decode().splitlines()
+    wanted = [f for f in files if f in KEEP_FILES or (f.startswith(KEEP_DIRS) and f.endswith((".json", ".png")))]
+    for f in wanted:
+        out = dest / name / f
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(git("show", f"{commit}:{f}"))
+    base = git("rev-parse", f"{commit}^").decode().strip()
+    info = {"name": name, "experiment_commit": commit, "baseline_commit": base, "files": len(wanted)}
+    (dest / name / "experiment.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"{name}: {len(wanted)} files from {commit[:7]} (run on {base[:7]})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("names", nargs="+", help="experiment names (dvc exp show)")
+    args = ap.parse_args()
+    for name in args.names:
+        collect(name, args.folder)
+
+
+if __name__ == "__main__":
+    main()
