@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.lib import metrics, params, runtime, timing
+from stages.lib import errors, metrics, params, runtime, timing
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("benchmark")
@@ -63,7 +63,7 @@ def parse_variants(extra, variants_dir):
             name = f"{model}_{recipe}"
             path, runtime_name, _ = runtime.read_variant(Path(variants_dir) / name)
             if not path.is_file():
-                raise FileNotFoundError(f"variant {name!r}: model file {path} not found; run `dvc repro` first")
+                raise errors.damaged(path, f"variant {name!r} has no model file")
             variants[name] = {"model": str(path), "runtime": runtime_name}
     return variants
 
@@ -165,7 +165,7 @@ def main():
     parser.add_argument("metrics", help="per-variant summary JSON")
     parser.add_argument("rounds_csv", help="one row per round, variant and thread count")
     args, extra = parser.parse_known_args()
-    p = params.load()
+    p = params.load("base", "benchmark", "compare")
     b = check(p)
     variants = parse_variants(extra, args.variants_dir)
     fingerprint = json.loads(Path(args.fingerprint).read_text())
@@ -188,4 +188,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "benchmark")

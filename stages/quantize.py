@@ -21,7 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib import clustering, data, metrics, models, params, pt2e, qat, quantization, recipes, runtime, sensitivity
+from stages.lib import (
+    clustering,
+    data,
+    errors,
+    metrics,
+    models,
+    params,
+    pt2e,
+    qat,
+    quantization,
+    recipes,
+    runtime,
+    sensitivity,
+)
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("quantize")
@@ -122,7 +135,7 @@ def main():
     parser.add_argument("out_dir", help="folder for the model file, variant.json (and calibration.json)")
     parser.add_argument("metrics")
     args = parser.parse_args()
-    p = params.load()
+    p = params.load("base", "distill", "evaluate", "quantize")
     q, recipe = check(p, args.recipe)
     params.setup(p["base"])
     size, seed = p["base"]["image_size"], p["base"]["seed"]
@@ -172,4 +185,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "quantize")

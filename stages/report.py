@@ -22,7 +22,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from stages.lib import comparison, data, metrics, params, precision, selection, sweep, writeup
+from stages.lib import comparison, data, errors, metrics, params, precision, selection, sweep, writeup
 from stages.lib.outputs import write_json
 
 matplotlib.use("Agg")
@@ -136,7 +136,7 @@ def main():
     parser.add_argument("--models", nargs="+", required=True, help="params compare.models")
     parser.add_argument("--recipes", nargs="+", required=True, help="params compare.recipes")
     args = parser.parse_args()
-    p = params.load()
+    p = params.load("report", "base", "evaluate", "compare", "quantize", "prepare")
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -186,4 +186,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "report")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from stages import screen
-from stages.lib import deploy, params, selection
+from stages.lib import deploy, errors, params, selection
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("select")
@@ -80,7 +80,7 @@ def main():
         parser.add_argument(name)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    p = params.load()
+    p = params.load("select", "prepare")
     info = json.loads((Path(args.data_dir) / "classes.json").read_text())
     sel = selection.check(p["select"], info["task"])
 
@@ -129,4 +129,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "select")

@@ -14,6 +14,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from stages.lib import errors
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -25,16 +27,18 @@ def read_info(prepared_dir):
     Binary tasks have classes ["good", "defect"]: index 1 is the positive (defect) class.
     """
     path = Path(prepared_dir) / "classes.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise errors.damaged(path, type(e).__name__) from e
 
 
 def read_manifest(prepared_dir):
     path = Path(prepared_dir) / "manifest.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as e:  # pandas' parser errors are ValueErrors
+        raise errors.damaged(path, type(e).__name__) from e
 
 
 def load_split(prepared_dir, split, image_size, limit=None):

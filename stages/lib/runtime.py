@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.lib import errors
+
 RUNTIMES = ("torch", "onnxruntime", "torch_pt2e")  # torch_pt2e: a torchao PT2E INT8 program, Inductor-compiled
 
 # ONNX Runtime CPU settings for every session (evaluate and benchmark alike). Intra-op threads
@@ -86,9 +88,10 @@ class OrtRunner:
 def read_variant(variant_dir):
     """(model file path, runtime name, variant.json) of a variant folder written by the quantize stage."""
     folder = Path(variant_dir)
-    if not (folder / "variant.json").is_file():
-        raise FileNotFoundError(f"{folder}/variant.json not found; run the quantize stage for this variant first")
-    info = json.loads((folder / "variant.json").read_text())
+    try:
+        info = json.loads((folder / "variant.json").read_text())
+    except (OSError, ValueError) as e:
+        raise errors.damaged(folder / "variant.json", type(e).__name__) from e
     if info["runtime"] not in RUNTIMES:
         raise ValueError(f"{folder}/variant.json: runtime={info['runtime']!r}; expected one of {list(RUNTIMES)}")
     return folder / info["file"], info["runtime"], info
