@@ -79,7 +79,9 @@ def main():
     counts = split_counts(table, loaded.classes)
     empty = [f"{split}/{name}" for split in data.SPLITS for name in loaded.classes if not counts[f"{split}_{name}"]]
     if empty:
-        raise params.ParamError(f"no image of {empty} (split/class); use more images (prepare.max_images) or other fractions")
+        raise params.ParamError(
+            f"no image of {empty} (split/class); use more images (prepare.max_images) or other fractions"
+        )
 
     manifest = datasets.write_prepared(args.out_dir, pixels, table)
     meta = {"classes": loaded.classes, "task": loaded.task, "attributes": loaded.attributes}

@@ -23,7 +23,7 @@ import matplotlib
 import pandas as pd
 
 from stages.lib import comparison, data, errors, metrics, params, precision, selection, sweep, writeup
-from stages.lib.outputs import write_json
+from stages.lib.outputs import write_json, write_text
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -181,7 +181,7 @@ def main():
     text = precision.insert(precision.insert(writeup.render(table, ctx), which), section)
     if selected:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
         text += "\n".join(selection.report_section(selected, ev.evaluated)) + "\n"
-    Path(args.report_md).write_text(text)
+    write_text(args.report_md, text)
     log.info("recommended: %s; report written to %s", recommended, args.report_md)
 
 

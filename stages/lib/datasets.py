@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from stages.lib.errors import InputError, MissingInputError, ParamError
 from stages.lib.images import IMAGE_SUFFIXES, ImageDecodeError, read_image
+from stages.lib.outputs import atomic
 
 log = logging.getLogger(__name__)
 
@@ -322,5 +323,6 @@ def write_prepared(out_dir, images, table):
         Image.fromarray(img).save(out_dir / rel)
         paths.append(rel)
     manifest = table.assign(path=paths)
-    manifest.to_csv(out_dir / "manifest.csv", index=False)
+    with atomic(out_dir / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False)
     return manifest

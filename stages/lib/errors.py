@@ -10,8 +10,6 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 EXIT_USER_ERROR = 2
 
 
@@ -48,11 +46,17 @@ def made_by(path, dvc_yaml="dvc.yaml"):
     (artifacts/${key}/model.pt); a literal out wins over a template, and of two templates the one
     with more literal text (artifacts/student_pruned_r${item}) wins over a looser one.
     """
+    import yaml  # here, not at the top: benchmark's timing processes import runtime -> errors, and
+    # their peak memory should be the runtime's alone
+
     try:
         spec = yaml.safe_load(Path(dvc_yaml).read_text())
     except (OSError, yaml.YAMLError):
         return None
-    target = Path(path).as_posix()
+    target = Path(path)
+    if target.is_absolute() and target.is_relative_to(Path.cwd()):
+        target = target.relative_to(Path.cwd())
+    target = target.as_posix()
     best, best_score = None, -1
     for name, stage in (spec or {}).get("stages", {}).items():
         for out in stage.get("do", stage).get("outs", []):
@@ -66,9 +70,17 @@ def made_by(path, dvc_yaml="dvc.yaml"):
     return best
 
 
-def damaged(path, reason):
+def reason(e):
+    """A short reason for a failed read: the exception's type and the first line of its message."""
+    if isinstance(e, FileNotFoundError):
+        return "not found"
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
+
+
+def damaged(path, why):
     """InputError (MissingInputError if absent) for an input file, naming the stage that makes it."""
     stage = made_by(path)
     fix = f"it is made by stage '{stage}': run `dvc repro {stage}`" if stage else "check the path"
     cls = MissingInputError if not Path(path).exists() else InputError
-    return cls(f"{path} is missing or damaged ({reason}); {fix}")
+    return cls(f"{path} is missing or damaged ({why}); {fix}")

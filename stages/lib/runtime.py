@@ -59,7 +59,6 @@ class TorchRunner:
 
 class OrtRunner:
     def __init__(self, path, threads, device="cpu", channels_last=False):
-        import onnx
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -71,10 +70,10 @@ class OrtRunner:
             "session.intra_op.allow_spinning", "1" if ORT_CPU["intra_op_allow_spinning"] else "0"
         )
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        graph = check_onnx(path).graph
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.input = self.session.get_inputs()[0].name
         # Weights only: quantization scales and zero points are bookkeeping, not parameters.
-        graph = onnx.load(str(path), load_external_data=False).graph
         self.param_count = sum(
             int(np.prod(t.dims)) for t in graph.initializer if not t.name.endswith(("_scale", "_zero_point"))
         )
@@ -83,6 +82,20 @@ class OrtRunner:
 
     def __call__(self, x):
         return self.session.run(None, {self.input: x})[0]
+
+
+def check_onnx(path):
+    """The ONNX model, parsed and checked (onnx.checker); a missing or truncated file is an InputError
+    naming the file and the stage that makes it, not ONNX Runtime's parser error."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except (OSError, DecodeError, ValueError, onnx.checker.ValidationError) as e:
+        raise errors.damaged(path, errors.reason(e)) from e
+    return model
 
 
 def read_variant(variant_dir):
