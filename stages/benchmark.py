@@ -28,7 +28,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages.lib import errors, metrics, params, runtime, timing
-from stages.lib.outputs import write_json
+from stages.lib.outputs import read_json, write_json
 
 log = logging.getLogger("benchmark")
 
@@ -168,7 +168,7 @@ def main():
     p = params.load("base", "benchmark", "compare")
     b = check(p)
     variants = parse_variants(extra, args.variants_dir)
-    fingerprint = json.loads(Path(args.fingerprint).read_text())
+    fingerprint = read_json(args.fingerprint)
     base = p["base"]
     threads = sorted({1, base["threads"]})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

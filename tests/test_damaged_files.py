@@ -119,6 +119,14 @@ def test_missing_variant_json_names_the_stage(repo):
         runtime.read_variant("artifacts/variants/x_y")
 
 
+def test_truncated_json_output_names_its_stage(repo):
+    (repo / "metrics").mkdir()
+    (repo / "metrics" / "benchmark.json").write_text('{"variants": {')
+    with pytest.raises(InputError, match=r"^metrics/benchmark\.json is missing or damaged \(JSONDecodeError: .+\); "
+                       r"it is made by stage 'benchmark': run `dvc repro benchmark`$"):  # fmt: skip
+        outputs.read_json("metrics/benchmark.json")
+
+
 def stage_cli(module, args, cwd, root):
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           env={"PYTHONPATH": str(root)})  # fmt: skip

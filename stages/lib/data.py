@@ -5,7 +5,6 @@ The prepared dataset is a folder of PNG images plus `manifest.csv`
 Everything downstream reads the manifest, so all models see the same split.
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 from stages.lib import errors
+from stages.lib.outputs import read_json
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,7 @@ def read_info(prepared_dir):
 
     Binary tasks have classes ["good", "defect"]: index 1 is the positive (defect) class.
     """
-    path = Path(prepared_dir) / "classes.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise errors.damaged(path, type(e).__name__) from e
+    return read_json(Path(prepared_dir) / "classes.json")
 
 
 def read_manifest(prepared_dir):
@@ -38,7 +34,7 @@ def read_manifest(prepared_dir):
     try:
         return pd.read_csv(path)
     except (OSError, ValueError) as e:  # pandas' parser errors are ValueErrors
-        raise errors.damaged(path, type(e).__name__) from e
+        raise errors.damaged(path, errors.reason(e)) from e
 
 
 def load_split(prepared_dir, split, image_size, limit=None):

@@ -1,14 +1,17 @@
-"""Writing stage outputs so that a file under its final name is always complete.
+"""Writing stage outputs so that a file under its final name is always complete, and reading them back.
 
 Every output is written to a temporary name in its own folder and renamed into place (`os.replace`,
 atomic on one file system) once it is whole. A stage that fails or is killed half-way leaves the
-old file or none, never half of one that a later stage would read as damaged.
+old file or none, never half of one that a later stage would read as damaged. `read_json` names a
+missing or damaged input and the stage that makes it.
 """
 
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
+
+from stages.lib import errors
 
 
 @contextmanager
@@ -35,3 +38,11 @@ def write_text(path, text):
 def write_json(path, data):
     """Small, flat JSON files that `dvc metrics` reads, and the stages' manifests."""
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path):
+    """Another stage's JSON output; missing or not JSON -> InputError naming the file and that stage."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise errors.damaged(path, errors.reason(e)) from e

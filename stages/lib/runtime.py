@@ -5,12 +5,12 @@ variant holds ORT's memory alone, as it would in deployment. Each runner records
 runtime settings it used (`settings`), so a benchmark result says how it was measured.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from stages.lib import errors
+from stages.lib.outputs import read_json
 
 RUNTIMES = ("torch", "onnxruntime", "torch_pt2e")  # torch_pt2e: a torchao PT2E INT8 program, Inductor-compiled
 
@@ -101,10 +101,7 @@ def check_onnx(path):
 def read_variant(variant_dir):
     """(model file path, runtime name, variant.json) of a variant folder written by the quantize stage."""
     folder = Path(variant_dir)
-    try:
-        info = json.loads((folder / "variant.json").read_text())
-    except (OSError, ValueError) as e:
-        raise errors.damaged(folder / "variant.json", type(e).__name__) from e
+    info = read_json(folder / "variant.json")
     if info["runtime"] not in RUNTIMES:
         raise ValueError(f"{folder}/variant.json: runtime={info['runtime']!r}; expected one of {list(RUNTIMES)}")
     return folder / info["file"], info["runtime"], info
