@@ -70,8 +70,11 @@ class OrtRunner:
             "session.intra_op.allow_spinning", "1" if ORT_CPU["intra_op_allow_spinning"] else "0"
         )
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        graph = check_onnx(path).graph
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        graph = read_onnx(path).graph
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except ort_load_errors() as e:  # it parses, but is no model ORT can load (e.g. cut at a field boundary)
+            raise errors.damaged(path, errors.reason(e)) from e
         self.input = self.session.get_inputs()[0].name
         # Weights only: quantization scales and zero points are bookkeeping, not parameters.
         self.param_count = sum(
@@ -84,18 +87,24 @@ class OrtRunner:
         return self.session.run(None, {self.input: x})[0]
 
 
-def check_onnx(path):
-    """The ONNX model, parsed and checked (onnx.checker); a missing or truncated file is an InputError
-    naming the file and the stage that makes it, not ONNX Runtime's parser error."""
+def read_onnx(path):
+    """The ONNX model, parsed; a missing or truncated file is an InputError naming the file and the stage
+    that makes it. Not onnx.checker: it refuses graphs ONNX Runtime runs (the FP16 converter's are not
+    topologically sorted); what ORT cannot load is caught where the session is made."""
     import onnx
     from google.protobuf.message import DecodeError
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
-    except (OSError, DecodeError, ValueError, onnx.checker.ValidationError) as e:
+        return onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as e:
         raise errors.damaged(path, errors.reason(e)) from e
-    return model
+
+
+def ort_load_errors():
+    """ONNX Runtime's exception types for a file it cannot load (they derive from Exception alone)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile
 
 
 def read_variant(variant_dir):
