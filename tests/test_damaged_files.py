@@ -10,7 +10,7 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
-from stages.lib import errors, models, outputs, runtime
+from stages.lib import errors, models, outputs, pt2e, runtime
 from stages.lib.errors import InputError, MissingInputError
 
 
@@ -112,6 +112,15 @@ def test_truncated_onnx_names_the_file_and_its_stage(repo):
     with pytest.raises(InputError, match=r"^artifacts/variants/student_kd_ort_fp32/model\.onnx is missing or damaged "
                        r"\(.+\); it is made by stage 'quantize': run `dvc repro quantize`$"):  # fmt: skip
         runtime.OrtRunner("artifacts/variants/student_kd_ort_fp32/model.onnx", threads=1)
+
+
+def test_truncated_pt2_names_the_file_and_its_stage(repo):
+    path = repo / "artifacts/variants/student_kd_int8_pt2e/model.pt2"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 the first bytes of a zip, then nothing")
+    with pytest.raises(InputError, match=r"^artifacts/variants/student_kd_int8_pt2e/model\.pt2 is missing or damaged "
+                       r"\(not a complete \.pt2 zip archive\); it is made by stage 'quantize'"):  # fmt: skip
+        pt2e.load_program("artifacts/variants/student_kd_int8_pt2e/model.pt2")
 
 
 def test_missing_variant_json_names_the_stage(repo):

@@ -106,6 +106,8 @@ def save(program, path):
 
 def load_program(path):
     """The saved ExportedProgram; a missing or damaged file is an InputError naming the stage that makes it."""
+    if not Path(path).is_file() or not zipfile.is_zipfile(path):  # first: torch logs a traceback on a bad file
+        raise errors.damaged(path, "not found" if not Path(path).exists() else "not a complete .pt2 zip archive")
     try:
         return torch.export.load(str(path))
     except (OSError, RuntimeError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
