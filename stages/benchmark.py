@@ -76,6 +76,8 @@ def worker(spec, threads, image_size, b, channels_last):
     if channels_last:
         cmd.append("--channels-last")
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == errors.EXIT_USER_ERROR:  # a damaged model file: the worker's one line says which
+        raise errors.InputError(proc.stderr.strip().splitlines()[-1].removeprefix("timing: "))
     if proc.returncode != 0:
         raise RuntimeError(f"timing {spec['model']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

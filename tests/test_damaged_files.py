@@ -10,6 +10,7 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
+from stages import benchmark
 from stages.lib import errors, models, outputs, pt2e, runtime
 from stages.lib.errors import InputError, MissingInputError
 
@@ -121,6 +122,17 @@ def test_truncated_pt2_names_the_file_and_its_stage(repo):
     with pytest.raises(InputError, match=r"^artifacts/variants/student_kd_int8_pt2e/model\.pt2 is missing or damaged "
                        r"\(not a complete \.pt2 zip archive\); it is made by stage 'quantize'"):  # fmt: skip
         pt2e.load_program("artifacts/variants/student_kd_int8_pt2e/model.pt2")
+
+
+def test_benchmark_worker_passes_on_the_one_line(repo, root, monkeypatch):
+    """The timing process ends with the one-line message; the benchmark raises it as its own."""
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    path = tiny_onnx(repo / "artifacts/variants/student_kd_ort_fp32/model.onnx")
+    truncate(path)
+    spec = {"runtime": "onnxruntime", "model": "artifacts/variants/student_kd_ort_fp32/model.onnx"}
+    b = {"batch_size": 2, "seconds": 0.01, "min_calls": 1, "warmup": 0}
+    with pytest.raises(InputError, match=r"^artifacts/variants/student_kd_ort_fp32/model\.onnx is missing or damaged"):
+        benchmark.worker(spec, [1], 64, b, channels_last=False)
 
 
 def test_missing_variant_json_names_the_stage(repo):
