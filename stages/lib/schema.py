@@ -127,7 +127,7 @@ def fits(value, rule):
     """Does `value` follow `rule`? true/false is never a number, and a number is never true/false."""
     if isinstance(rule, set):
         return type(value) in {type(a) for a in rule} and value in rule
-    if rule is None or rule is type(None):
+    if rule is type(None):  # the None in `X | None`
         return value is None
     if isinstance(rule, types.UnionType):  # X | None
         return any(fits(value, r) for r in rule.__args__)
@@ -144,7 +144,7 @@ def describe(rule):
     """`rule` in words, for messages."""
     if isinstance(rule, set):
         return f"one of {sorted(rule, key=str)}"
-    if rule is None or rule is type(None):
+    if rule is type(None):  # the None in `X | None`
         return "null"
     if isinstance(rule, types.UnionType):
         return " or ".join(describe(r) for r in rule.__args__)
