@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.lib import metrics, params, runtime, timing
-from stages.lib.outputs import write_json
+from stages.lib import errors, metrics, params, runtime, timing
+from stages.lib.outputs import read_json, write_json
 
 log = logging.getLogger("benchmark")
 
@@ -63,7 +63,7 @@ def parse_variants(extra, variants_dir):
             name = f"{model}_{recipe}"
             path, runtime_name, _ = runtime.read_variant(Path(variants_dir) / name)
             if not path.is_file():
-                raise FileNotFoundError(f"variant {name!r}: model file {path} not found; run `dvc repro` first")
+                raise errors.damaged(path, f"variant {name!r} has no model file")
             variants[name] = {"model": str(path), "runtime": runtime_name}
     return variants
 
@@ -76,6 +76,8 @@ def worker(spec, threads, image_size, b, channels_last):
     if channels_last:
         cmd.append("--channels-last")
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == errors.EXIT_USER_ERROR:  # a damaged model file: the worker's one line says which
+        raise errors.InputError(proc.stderr.strip().splitlines()[-1].removeprefix("timing: "))
     if proc.returncode != 0:
         raise RuntimeError(f"timing {spec['model']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -165,10 +167,10 @@ def main():
     parser.add_argument("metrics", help="per-variant summary JSON")
     parser.add_argument("rounds_csv", help="one row per round, variant and thread count")
     args, extra = parser.parse_known_args()
-    p = params.load()
+    p = params.load("base", "benchmark", "compare")
     b = check(p)
     variants = parse_variants(extra, args.variants_dir)
-    fingerprint = json.loads(Path(args.fingerprint).read_text())
+    fingerprint = read_json(args.fingerprint)
     base = p["base"]
     threads = sorted({1, base["threads"]})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -188,4 +190,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "benchmark")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import vl_convert
 
+from stages.lib import errors
+
 VEGA_LITE = "5.21"  # DVC writes Vega-Lite v5 specs; the newest v5 that vl-convert bundles
 
 # Wraps vegaEmbed: SVG output, and a count of data items (not axes or legends) once the plot is drawn.
@@ -77,4 +79,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "bundle_vega")

@@ -7,7 +7,7 @@ Arguments, checks and the recipe are shared with train_student (training.supervi
 student comes from the `train_student` section, the loss (temperature, alpha) from `distill`.
 """
 
-from stages.lib import training
+from stages.lib import errors, training
 
 
 def main():
@@ -15,4 +15,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "distill")

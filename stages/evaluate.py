@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.lib import data, metrics, params, runtime, thresholds
+from stages.lib import data, errors, metrics, params, runtime, thresholds
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("evaluate")
@@ -100,7 +100,7 @@ def main():
     parser.add_argument("plots_dir", help="<plots_dir>/{roc,pr,confusion}/<variant>.csv")
     parser.add_argument("predictions_dir", help="<predictions_dir>/<variant>.csv: one row per test image")
     args = parser.parse_args()
-    p = params.load()
+    p = params.load("base", "evaluate")
     ev = check(p)
     params.setup(p["base"])
     info = data.read_info(args.data_dir)
@@ -146,4 +146,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "evaluate")

@@ -6,7 +6,7 @@ Arguments, checks and the recipe are shared with train_student (training.supervi
 the model comes from the `finetune_teacher` section of params.yaml.
 """
 
-from stages.lib import training
+from stages.lib import errors, training
 
 
 def main():
@@ -14,4 +14,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "finetune_teacher")

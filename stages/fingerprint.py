@@ -17,6 +17,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from stages.lib import errors
 from stages.lib.outputs import write_json
 
 # CPU flags that change which kernels ONNX Runtime and oneDNN can use (x86 names from /proc/cpuinfo).
@@ -96,4 +97,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "fingerprint")

@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from stages.lib import data, datasets, images, params
+from stages.lib import data, datasets, errors, images, params
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prepare")
@@ -68,7 +68,7 @@ def main():
     parser.add_argument("out_dir", help="folder for images/ and manifest.csv")
     parser.add_argument("metrics", help="JSON file for split and class counts")
     args = parser.parse_args()
-    p = params.load()
+    p = params.load("base", "prepare")
     prep = check(p)
     params.setup(p["base"])
 
@@ -79,7 +79,9 @@ def main():
     counts = split_counts(table, loaded.classes)
     empty = [f"{split}/{name}" for split in data.SPLITS for name in loaded.classes if not counts[f"{split}_{name}"]]
     if empty:
-        raise ValueError(f"no image of {empty} (split/class); use more images (prepare.max_images) or other fractions")
+        raise params.ParamError(
+            f"no image of {empty} (split/class); use more images (prepare.max_images) or other fractions"
+        )
 
     manifest = datasets.write_prepared(args.out_dir, pixels, table)
     meta = {"classes": loaded.classes, "task": loaded.task, "attributes": loaded.attributes}
@@ -96,4 +98,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "prepare")

@@ -14,10 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.lib import data, models, params, pruning, training
+from stages.lib import data, errors, models, params, pruning, training
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prune")
+SECTIONS = ("base", "train", "distill", "prune")  # dvc.yaml `params:` of prune and prune_sweep
 
 
 def check(p, ratio=None):
@@ -77,9 +78,9 @@ def run(p, sec, args):
 
 def main():
     args = parser(__doc__).parse_args()
-    p = params.load()
+    p = params.load(*SECTIONS)
     run(p, check(p), args)
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "prune")

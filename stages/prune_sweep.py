@@ -9,16 +9,16 @@ comparison like any model when listed in compare.models.
 """
 
 from stages import prune
-from stages.lib import params
+from stages.lib import errors, params
 
 
 def main():
     args = prune.parser(__doc__, sweep=True).parse_args()
-    p = params.load()
+    p = params.load(*prune.SECTIONS)
     if not 0 <= args.ratio_pct < 100:
         raise params.ParamError(f"prune.sweep item {args.ratio_pct!r} is out of range; expected percent in [0, 100)")
     prune.run(p, prune.check(p, ratio=args.ratio_pct / 100), args)
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "prune_sweep")

@@ -13,15 +13,28 @@ than `quantize.max_drop_pt` ("PTQ hurt"); static INT8 adds its most sensitive la
 """
 
 import argparse
-import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from stages.lib import clustering, data, metrics, models, params, pt2e, qat, quantization, recipes, runtime, sensitivity
+from stages.lib import (
+    clustering,
+    data,
+    errors,
+    metrics,
+    models,
+    params,
+    pt2e,
+    qat,
+    quantization,
+    recipes,
+    runtime,
+    sensitivity,
+)
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("quantize")
@@ -77,6 +90,13 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
     return path, {"prep": prep, "opts": opts, "cache": cache, "ops": ops}
 
 
+def publish(partial, out, path):
+    """Move every file made in `partial` into `out` (os.replace: each appears whole); returns the model's new path."""
+    for f in partial.iterdir():
+        os.replace(f, out / f.name)
+    return out / path.name
+
+
 def fallback(static, target, x_sens, k):
     """Per-layer sensitivity of the static INT8 graph; with k > 0, re-quantize keeping the k worst in float."""
     rows = sensitivity.layer_sensitivity(static["prep"], target, x_sens)
@@ -122,7 +142,7 @@ def main():
     parser.add_argument("out_dir", help="folder for the model file, variant.json (and calibration.json)")
     parser.add_argument("metrics")
     args = parser.parse_args()
-    p = params.load()
+    p = params.load("base", "distill", "evaluate", "quantize")
     q, recipe = check(p, args.recipe)
     params.setup(p["base"])
     size, seed = p["base"]["image_size"], p["base"]["seed"]
@@ -137,9 +157,13 @@ def main():
     calib = data.to_float(data.load_split(args.data_dir, "train", size, limit=n_calib)[0]).numpy()
     x_val, y_val = data.load_split(args.data_dir, "val", size)
     x_val, y_val = data.to_float(x_val).numpy(), y_val.numpy()
-    with tempfile.TemporaryDirectory(prefix="quantize.") as tmp:
+    # The variant's files are made in a hidden folder inside `out` and moved in when complete (publish).
+    with (
+        tempfile.TemporaryDirectory(prefix="quantize.") as tmp,
+        tempfile.TemporaryDirectory(dir=out, prefix=".partial.") as partial,
+    ):
         ctx = {"data_dir": args.data_dir, "teacher": args.teacher, "params": p}
-        path, static = make(kind, setting, args.model, model, card, out, calib, Path(tmp), ctx)
+        path, static = make(kind, setting, args.model, model, card, Path(partial), calib, Path(tmp), ctx)
         stats = {"variant": args.variant, "recipe": args.recipe, "kind": kind, **cpu,
                  "settings": {k: v for k, v in setting.items() if k != "kind"}}  # fmt: skip
         for extra in ("clustering", "qat"):
@@ -147,10 +171,11 @@ def main():
         if static:
             stats |= fallback(static, path, x_val[: q["sensitivity_images"]], setting["fp32_layers"])
             stats["calibration_images"] = len(calib)
+        path = publish(Path(partial), out, path)
     info = {"variant": args.variant, "model": Path(args.model).parent.name, "recipe": args.recipe, "kind": kind,
             "arch": card["arch"], "runtime": recipes.RUNTIME[kind], "file": path.name,
             "size_mb": round(path.stat().st_size / 2**20, 3), "settings": stats["settings"]}  # fmt: skip
-    (out / "variant.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "variant.json", info)
     stats["size_mb"] = info["size_mb"]
     if path.suffix == ".onnx":
         stats["op_counts"] = quantization.op_counts(path)
@@ -172,4 +197,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "quantize")

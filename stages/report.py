@@ -14,7 +14,6 @@ lib/precision.
 """
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,8 +21,8 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from stages.lib import comparison, data, metrics, params, precision, selection, sweep, writeup
-from stages.lib.outputs import write_json
+from stages.lib import comparison, data, errors, metrics, params, precision, selection, sweep, writeup
+from stages.lib.outputs import read_json, write_json, write_text
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -33,8 +32,8 @@ log = logging.getLogger("report")
 
 
 def read_dir(folder, suffix=".json"):
-    read = json.loads if suffix == ".json" else None
-    return {f.stem: read(f.read_text()) if read else pd.read_csv(f) for f in sorted(Path(folder).glob(f"*{suffix}"))}
+    read = read_json if suffix == ".json" else pd.read_csv
+    return {f.stem: read(f) for f in sorted(Path(folder).glob(f"*{suffix}"))}
 
 
 def check(p, ev):
@@ -136,11 +135,11 @@ def main():
     parser.add_argument("--models", nargs="+", required=True, help="params compare.models")
     parser.add_argument("--recipes", nargs="+", required=True, help="params compare.recipes")
     args = parser.parse_args()
-    p = params.load()
+    p = params.load("report", "base", "evaluate", "compare", "quantize", "prepare")
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
-    bench = json.loads(Path(args.benchmark).read_text())
+    bench = read_json(args.benchmark)
     wanted = {f"{m}_{r}" for m in args.models for r in args.recipes}
 
     def keep(found):  # older experiments' files may still lie in the folders: only this run's variants
@@ -169,21 +168,21 @@ def main():
                               "precision": prec, "pruning": pruning})  # fmt: skip
     quality_cols = ["recall", "fpr", "auroc"] if ev.task == "binary" else ["accuracy", "macro_recall"]
     head = headline(table, reference, recommended, quality_cols)
-    selected = json.loads(Path(args.select).read_text()) if args.select else None
+    selected = read_json(args.select) if args.select else None
     if selected:  # what select deployed under its constraints (`dvc exp show --keep deployed`)
         head["deployed"] = selected["selected"]
     write_json(args.headline, head)
     ctx = {"reference": reference, "guards": guards, "names": names, "steps": steps, "recommended": recommended,
            "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
-           "prepared": json.loads(Path(args.prepare_metrics).read_text()), "info": data.read_info(args.data_dir),
+           "prepared": read_json(args.prepare_metrics), "info": data.read_info(args.data_dir),
            "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
     which = precision.section(prec, reference, guards, p["quantize"]["max_drop_pt"])
     text = precision.insert(precision.insert(writeup.render(table, ctx), which), section)
     if selected:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
         text += "\n".join(selection.report_section(selected, ev.evaluated)) + "\n"
-    Path(args.report_md).write_text(text)
+    write_text(args.report_md, text)
     log.info("recommended: %s; report written to %s", recommended, args.report_md)
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "report")

@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from stages import screen
-from stages.lib import deploy, params, selection
-from stages.lib.outputs import write_json
+from stages.lib import deploy, errors, params, selection
+from stages.lib.outputs import read_json, write_json
 
 log = logging.getLogger("select")
 SKEW_TOLERANCE = 1e-5
@@ -80,12 +80,12 @@ def main():
         parser.add_argument(name)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    p = params.load()
-    info = json.loads((Path(args.data_dir) / "classes.json").read_text())
+    p = params.load("select", "prepare")
+    info = read_json(Path(args.data_dir) / "classes.json")
     sel = selection.check(p["select"], info["task"])
 
-    bench = json.loads(Path(args.benchmark).read_text())
-    evaluations = {f.stem: json.loads(f.read_text()) for f in Path(args.evaluate_dir).glob("*.json")}
+    bench = read_json(args.benchmark)
+    evaluations = {f.stem: read_json(f) for f in Path(args.evaluate_dir).glob("*.json")}
     assessed = selection.assess(bench["variants"], evaluations, sel)
     rule = selection.OBJECTIVES[sel["objective"]]
     chosen = selection.pick(assessed, sel["objective"])
@@ -129,4 +129,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "select")

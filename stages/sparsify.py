@@ -16,10 +16,11 @@ import argparse
 import logging
 import time
 
-from stages.lib import data, models, params, sparsity, training
+from stages.lib import data, errors, models, params, sparsity, training
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("sparsify")
+SECTIONS = ("base", "train", "distill", "sparsify")
 
 
 def check(p, name):
@@ -47,7 +48,7 @@ def main():
     for name in ("name", "data_dir", "student", "teacher", "out_dir", "live_dir", "metrics"):
         parser.add_argument(name)
     args = parser.parse_args()
-    p = params.load()
+    p = params.load(*SECTIONS)
     sec, spec = check(p, args.name)
     params.setup(p["base"])
     size = p["base"]["image_size"]
@@ -78,4 +79,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "sparsify")

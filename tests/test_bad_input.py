@@ -71,12 +71,13 @@ def test_image_size_must_be_multiple_of_32(params):
 
 
 def test_stage_cli_fails_before_any_work(tmp_path, root, params):
-    """The real entry point: a bad value exits non-zero with the message and writes nothing."""
+    """The real entry point: a bad value exits with status 2 and the one-line message, and writes nothing."""
     params["prune"]["ratio"] = 1.0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "pruned"
     cmd = [sys.executable, "-m", "stages.prune", "no_data", "a.pt", "b.pt", str(out), str(tmp_path / "live"), "m.json"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(root)})
-    assert proc.returncode != 0
-    assert "prune.ratio=1.0" in proc.stderr and "[0, 1)" in proc.stderr
+    assert proc.returncode == 2  # a user error: one line, no traceback (lib/errors.py)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("prune: prune.ratio=1.0") and "[0, 1)" in proc.stderr
     assert not out.exists() and not (tmp_path / "m.json").exists()

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from stages.lib import metrics
+from stages.lib.errors import ParamError
 
 # Table columns by task. Binary screens are judged at matched recall: the operating point is the
 # validation-chosen threshold (recall, FPR), and the threshold-free columns say how well a model
@@ -52,7 +53,7 @@ class Evidence:
 
     def check_variant(self, key, name):
         if name not in self.evaluated:
-            raise ValueError(f"{key}={name!r} is not an evaluated variant; expected one of {sorted(self.evaluated)}")
+            raise ParamError(f"{key}={name!r} is not an evaluated variant; expected one of {sorted(self.evaluated)}")
 
     def latencies(self, variant, threads):
         """p50 latency per round (index: round) at `threads` threads."""

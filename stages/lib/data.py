@@ -5,7 +5,6 @@ The prepared dataset is a folder of PNG images plus `manifest.csv`
 Everything downstream reads the manifest, so all models see the same split.
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,6 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+
+from stages.lib import errors
+from stages.lib.outputs import read_json
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +26,15 @@ def read_info(prepared_dir):
 
     Binary tasks have classes ["good", "defect"]: index 1 is the positive (defect) class.
     """
-    path = Path(prepared_dir) / "classes.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first")
-    return json.loads(path.read_text())
+    return read_json(Path(prepared_dir) / "classes.json")
 
 
 def read_manifest(prepared_dir):
     path = Path(prepared_dir) / "manifest.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as e:  # pandas' parser errors are ValueErrors
+        raise errors.damaged(path, errors.reason(e)) from e
 
 
 def load_split(prepared_dir, split, image_size, limit=None):

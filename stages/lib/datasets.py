@@ -16,8 +16,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from stages.lib.errors import InputError, MissingInputError, ParamError
 from stages.lib.images import IMAGE_SUFFIXES, ImageDecodeError, read_image
-from stages.lib.params import ParamError
+from stages.lib.outputs import atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def load_mvtec_ad(prep):
             for p in _image_files(d)
         ]
         if not defects:
-            raise ValueError(
+            raise InputError(
                 f"mvtec_ad category {category!r} has no defect images: expected {cat}/test/<defect_type>/*.png"
             )
         records += defects
@@ -148,7 +149,7 @@ def read_dagm_labels(path):
         if not fields or (i == 0 and (len(fields) < 3 or fields[1] not in ("0", "1"))):
             continue
         if len(fields) < 3 or fields[1] not in ("0", "1"):
-            raise ValueError(f"{path} line {i + 1}: {line!r}; expected '<id> <0|1> <image file> <0|mask file>'")
+            raise InputError(f"{path} line {i + 1}: {line!r}; expected '<id> <0|1> <image file> <0|mask file>'")
         entries.append((fields[2], int(fields[1])))
     return entries
 
@@ -161,7 +162,7 @@ def load_folder(prep):
         raise _layout_error("folder", root, "no class folder")
     empty = [str(root / name) for name, paths in files.items() if not paths]
     if empty:
-        raise ValueError(f"class folder(s) {empty} hold no images; folder expects {LAYOUTS['folder']}")
+        raise InputError(f"class folder(s) {empty} hold no images; folder expects {LAYOUTS['folder']}")
     good = prep.get("good_class")
     if good is None:
         records = [_record(p, root, name) for name, paths in files.items() for p in paths]
@@ -193,14 +194,14 @@ def _root(prep, name):
         raise ParamError(f"prepare.root is not set; prepare.dataset={name!r} reads a folder: {LAYOUTS[name]}")
     root = Path(prep["root"]).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"prepare.root={prep['root']!r} does not exist; {name} expects {LAYOUTS[name]}")
+        raise MissingInputError(f"prepare.root={prep['root']!r} does not exist; {name} expects {LAYOUTS[name]}")
     return root
 
 
 def _layout_error(name, root, problem):
     entries = sorted(p.name + "/" * p.is_dir() for p in root.iterdir())
     shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
-    return ValueError(
+    return InputError(
         f"prepare.root={str(root)!r} does not look like {name}: {problem}. "
         f"Expected {LAYOUTS[name]}. Found at root: {shown or 'nothing'}"
     )
@@ -248,7 +249,7 @@ def _decode(name, records, prep, classes, task, attributes):
     table.insert(0, "label", table["class_name"].map(classes.index).astype(int))
     missing = [c for c in classes if c not in set(table["class_name"])]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{name}: no readable image of class(es) {missing} under prepare.root={prep.get('root')!r}; "
             f"expected {LAYOUTS[name]}"
         )
@@ -322,5 +323,6 @@ def write_prepared(out_dir, images, table):
         Image.fromarray(img).save(out_dir / rel)
         paths.append(rel)
     manifest = table.assign(path=paths)
-    manifest.to_csv(out_dir / "manifest.csv", index=False)
+    with atomic(out_dir / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False)
     return manifest

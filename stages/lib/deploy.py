@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from stages.lib.images import image_sha256, read_image
+from stages.lib.outputs import atomic, write_json
 
 BUNDLE_VERSION = 1
 BUNDLE_JSON = "deploy.json"
@@ -78,10 +79,11 @@ def write_bundle(folder, model_src, meta):
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    shutil.copyfile(model_src, folder / MODEL_FILE)
+    with atomic(folder / MODEL_FILE) as tmp:
+        shutil.copyfile(model_src, tmp)
     bundle = {"bundle_version": BUNDLE_VERSION, "model_file": MODEL_FILE,
               "model_sha256": sha256_file(folder / MODEL_FILE), **meta}  # fmt: skip
-    (folder / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2) + "\n")
+    write_json(folder / BUNDLE_JSON, bundle)
     return bundle
 
 

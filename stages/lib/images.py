@@ -17,11 +17,13 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from stages.lib.errors import InputError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}  # compared lower-case
 _TO_L = {"1", "LA", "La"}
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InputError):
     """A file that PIL cannot open or fully decode (unreadable, truncated, not an image)."""
 
     def __init__(self, path, reason):

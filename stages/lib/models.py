@@ -12,8 +12,8 @@ Pretrained weights (`weights` in params.yaml):
 
 import importlib
 import importlib.util
-import json
 import logging
+import pickle
 from pathlib import Path
 
 import timm
@@ -21,6 +21,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from stages.lib import errors
+from stages.lib.outputs import atomic, write_json
 from stages.lib.params import ParamError
 
 log = logging.getLogger(__name__)
@@ -120,23 +122,65 @@ def param_count(model):
     return sum(p.numel() for p in model.parameters())
 
 
+PLAIN = (bool, int, float, str, tuple, list, dict, type(None))
+
+
+def layer_attributes(model):
+    """Per layer, its plain attributes (out_channels, num_features, ...): pruning changes them with the tensors.
+
+    Torch-Pruning's own state dict pickles whole modules, which `torch.load(weights_only=True)` refuses;
+    these plain values plus the tensors rebuild a pruned model just as well.
+    """
+    found = tp.state_dict(model)["attributions"]
+    return {name: {k: v for k, v in attrs.items() if type(v) in PLAIN} for name, attrs in found.items()}
+
+
 def save(out_dir, model, card):
-    """model.pt (Torch-Pruning's state dict, which also restores pruned shapes) + card.json."""
+    """model.pt ({card, state: tensors, attributes: plain values}) + card.json, each written whole or not at all."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     card = {**card, "param_count": param_count(model)}
-    torch.save({"card": card, "state": tp.state_dict(model)}, out_dir / "model.pt")
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    with atomic(out_dir / "model.pt") as tmp:
+        torch.save({"card": card, "state": model.state_dict(), "attributes": layer_attributes(model)}, tmp)
+    write_json(out_dir / "card.json", card)
     return card
 
 
 def load(path):
-    """(model in eval mode, card) from a model.pt written by `save`."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    card = ckpt["card"]
-    model = build(card["arch"], num_classes=len(card["classes"]))
-    tp.load_state_dict(model, state_dict=ckpt["state"])
+    """(model in eval mode, card) from a model.pt written by `save`.
+
+    Read with weights_only=True (tensors and plain values, no pickled code); a missing, truncated or
+    foreign file is an InputError naming the file and the stage that makes it.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        card, state, attributes = ckpt["card"], ckpt["state"], ckpt["attributes"]
+        model = build(card["arch"], num_classes=len(card["classes"]))
+        _restore(model, state, attributes)
+    except pickle.UnpicklingError as e:  # modules pickled by an older `save`: dvc repro rewrites the file
+        raise errors.damaged(path, "an older format with pickled modules, which weights_only=True refuses") from e
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise errors.damaged(path, errors.reason(e)) from e
     return model.eval(), card
+
+
+def _restore(model, state, attributes):
+    """Put the saved tensors into `model` whatever their shapes (pruned layers are smaller than `build`
+    makes them), and the layer attributes that go with them, as Torch-Pruning's load_state_dict does."""
+    for name, module in model.named_modules():
+        for attr, value in attributes.get(name, {}).items():
+            setattr(module, attr, value)
+    expected = set(model.state_dict())
+    if set(state) != expected:
+        raise ValueError(
+            f"checkpoint tensors differ from {type(model.net).__name__}: {sorted(set(state) ^ expected)[:5]}"
+        )
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = model.get_submodule(owner)
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(tensor)
+        else:
+            module._buffers[leaf] = tensor
 
 
 def make_card(name, weights, image_size, model, classes):

@@ -1,8 +1,9 @@
 """Read params.yaml, check knobs before any work starts, and set up a stage run.
 
-Every stage calls `load(section)` first: a bad value stops the stage with a
-`ParamError` that names the key, the value and what is allowed, before any data
-is read or any output is touched.
+Every stage calls `load(*sections)` first, with the sections it reads (its `params:` in dvc.yaml):
+an unknown, missing or mistyped key (lib/schema.py) or a bad value stops the stage with a
+`ParamError` that names the key, the value and what is allowed, before any data is read or any
+output is touched.
 """
 
 import logging
@@ -11,16 +12,22 @@ import random
 import numpy as np
 import yaml
 
+from stages.lib import schema
+from stages.lib.errors import ParamError
+
 log = logging.getLogger(__name__)
 
 
-class ParamError(ValueError):
-    """A params.yaml value is outside what the stage accepts."""
-
-
-def load(path="params.yaml"):
-    with open(path) as f:
-        return yaml.safe_load(f)
+def load(*sections, path="params.yaml"):
+    """params.yaml as a dict, with `sections` checked against lib/schema.py."""
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f)
+    except FileNotFoundError as e:
+        raise ParamError(f"{path} not found; stages run from the repository root, where params.yaml lives") from e
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from e
+    return schema.check(params, sections)
 
 
 def check_choice(key, value, allowed):

@@ -28,12 +28,14 @@ Runtime: "torch_pt2e" (`Pt2eRunner`), CPU only. Size to report: the .pt2 file (i
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from stages.lib import params
+from stages.lib import errors, params
+from stages.lib.outputs import atomic
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +99,25 @@ def _drop_unused_attributes(gm):
 
 
 def save(program, path):
-    torch.export.save(program, str(path))
+    with atomic(path) as tmp:
+        torch.export.save(program, str(tmp))
     return Path(path)
+
+
+def load_program(path):
+    """The saved ExportedProgram; a missing or damaged file is an InputError naming the stage that makes it."""
+    if not Path(path).is_file() or not zipfile.is_zipfile(path):  # first: torch logs a traceback on a bad file
+        raise errors.damaged(path, "not found" if not Path(path).exists() else "not a complete .pt2 zip archive")
+    try:
+        return torch.export.load(str(path))
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise errors.damaged(path, errors.reason(e)) from e
 
 
 def load_module(path):
     """The quantized model as an eager (uncompiled) module: the reference the compiled one must match."""
     _quantizer()  # the quantized_decomposed ops and the lowering passes must be registered before use
-    return torch.export.load(str(path)).module()
+    return load_program(path).module()
 
 
 def weight_count(program):
@@ -134,7 +147,7 @@ class Pt2eRunner:
             pass
         self.torch, self.device = torch, device
         _quantizer()
-        program = torch.export.load(str(path))
+        program = load_program(path)
         from torch._inductor import config as inductor_config
 
         inductor_config.freezing = True  # as torchao's x86 tutorial; options={"freezing": True} failed here

@@ -5,10 +5,12 @@ variant holds ORT's memory alone, as it would in deployment. Each runner records
 runtime settings it used (`settings`), so a benchmark result says how it was measured.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from stages.lib import errors
+from stages.lib.outputs import read_json
 
 RUNTIMES = ("torch", "onnxruntime", "torch_pt2e")  # torch_pt2e: a torchao PT2E INT8 program, Inductor-compiled
 
@@ -57,7 +59,6 @@ class TorchRunner:
 
 class OrtRunner:
     def __init__(self, path, threads, device="cpu", channels_last=False):
-        import onnx
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -69,10 +70,13 @@ class OrtRunner:
             "session.intra_op.allow_spinning", "1" if ORT_CPU["intra_op_allow_spinning"] else "0"
         )
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        graph = read_onnx(path).graph
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except ort_load_errors() as e:  # it parses, but is no model ORT can load (e.g. cut at a field boundary)
+            raise errors.damaged(path, errors.reason(e)) from e
         self.input = self.session.get_inputs()[0].name
         # Weights only: quantization scales and zero points are bookkeeping, not parameters.
-        graph = onnx.load(str(path), load_external_data=False).graph
         self.param_count = sum(
             int(np.prod(t.dims)) for t in graph.initializer if not t.name.endswith(("_scale", "_zero_point"))
         )
@@ -83,12 +87,30 @@ class OrtRunner:
         return self.session.run(None, {self.input: x})[0]
 
 
+def read_onnx(path):
+    """The ONNX model, parsed; a missing or truncated file is an InputError naming the file and the stage
+    that makes it. Not onnx.checker: it refuses graphs ONNX Runtime runs (the FP16 converter's are not
+    topologically sorted); what ORT cannot load is caught where the session is made."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as e:
+        raise errors.damaged(path, errors.reason(e)) from e
+
+
+def ort_load_errors():
+    """ONNX Runtime's exception types for a file it cannot load (they derive from Exception alone)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile
+
+
 def read_variant(variant_dir):
     """(model file path, runtime name, variant.json) of a variant folder written by the quantize stage."""
     folder = Path(variant_dir)
-    if not (folder / "variant.json").is_file():
-        raise FileNotFoundError(f"{folder}/variant.json not found; run the quantize stage for this variant first")
-    info = json.loads((folder / "variant.json").read_text())
+    info = read_json(folder / "variant.json")
     if info["runtime"] not in RUNTIMES:
         raise ValueError(f"{folder}/variant.json: runtime={info['runtime']!r}; expected one of {list(RUNTIMES)}")
     return folder / info["file"], info["runtime"], info

@@ -20,16 +20,21 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from stages.lib import params
+from stages.lib import params, schema
 
 log = logging.getLogger(__name__)
 
 PATTERNS = ("unstructured", "2:4")
+# The keys each pattern takes: 2:4 is always half zeros, so a `sparsity` there would be ignored.
+KEYS = {"unstructured": {"pattern", "sparsity"}, "2:4": {"pattern"}}
 
 
 def check(key, spec):
     """A `sparsify.models.<name>` entry: {pattern: unstructured, sparsity: 0.5} or {pattern: '2:4'}."""
+    if not isinstance(spec, dict):
+        raise params.ParamError(f"{key}={spec!r} is not allowed; expected a mapping like {{pattern: '2:4'}}")
     params.check_choice(f"{key}.pattern", spec.get("pattern"), set(PATTERNS))
+    schema.check_keys(key, spec, KEYS[spec["pattern"]])
     if spec["pattern"] == "unstructured":
         params.check_range(f"{key}.sparsity", spec.get("sparsity"), 0, 1, lo_inclusive=False, hi_inclusive=False)
     return spec

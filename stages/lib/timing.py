@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from stages.lib import runtime
+from stages.lib import errors, runtime
 
 
 def time_calls(fn, x, seconds, min_calls, max_calls=100_000):
@@ -89,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "timing")

@@ -145,10 +145,10 @@ def supervised_main(stage, doc, model_section=None, distill=False):
     parser.add_argument("live_dir", help="dvclive folder for per-epoch curves")
     parser.add_argument("metrics")
     args = parser.parse_args()
-    p = params.load()
+    model_section = model_section or stage
+    p = params.load("base", "train", model_section, *([stage] if distill else []))
     params.check_base(p["base"])
     check_recipe(p["train"])
-    model_section = model_section or stage
     spec = p[model_section]
     models.check_spec(model_section, spec["model"], spec["weights"])
     if distill:

@@ -1,0 +1,157 @@
+"""What params.yaml may hold: every section, its keys and their types, in one table.
+
+`check(params, sections)` runs before a stage does any work (params.load calls it with the sections
+the stage reads: its `params:` in dvc.yaml). A key that is not in the table (`train.epoch` next to
+`train.epochs` would otherwise be ignored without a word), a key or section that is missing, or a
+value of the wrong type stops the stage with one line that names the key and what is allowed.
+
+The table says only what a value *is*; ranges and rules between keys stay with the code that uses
+them (the stage's `check`, lib/recipes.py for quantize.recipes, lib/sparsity.py for sparsify.models).
+
+How to read a rule: `int`, `float` (any number), `bool`, `str`, `dict` (a mapping), `list[int]`
+(a list of integers), `X | None` (null allowed), or a set of allowed values.
+"""
+
+import difflib
+import types
+
+from stages.lib.errors import ParamError
+
+SCHEMA = {
+    "base": {
+        "seed": int,
+        "image_size": int,
+        "threads": int,
+        "device": {"cpu", "cuda"},
+        "channels_last": bool,
+    },
+    "prepare": {
+        "dataset": str,  # the adapter names are checked by the prepare stage (datasets.DATASETS)
+        "root": str | None,
+        "categories": list[str] | None,
+        "good_class": str | None,
+        "on_bad_image": {"skip", "error"},
+        "defect_threshold": float,
+        "val_fraction": float,
+        "test_fraction": float,
+        "max_images": int,
+        "max_side": int | None,
+    },
+    "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float},
+    "finetune_teacher": {"model": str, "weights": str},
+    "train_student": {"model": str, "weights": str},
+    "distill": {"temperature": float, "alpha": float},
+    "prune": {
+        "ratio": float,
+        "importance": str,  # the criteria are checked by lib/pruning.py (IMPORTANCE)
+        "scope": {"uniform", "global"},
+        "max_ratio": float,
+        "iterative_steps": int,
+        "epochs": int,
+        "lr_scale": float,
+        "round_to": int,
+        "taylor_batches": int,
+        "sweep": list[int],
+    },
+    "sparsify": {"models": dict, "epochs": int, "lr_scale": float},  # each model: lib/sparsity.py
+    "compare": {"models": list[str], "recipes": list[str]},
+    "quantize": {"max_drop_pt": float, "sensitivity_images": int, "recipes": dict},  # each recipe: lib/recipes.py
+    "evaluate": {
+        "target_recall": float,
+        "threshold_rule": str,  # checked against lib/thresholds.py RULES by the evaluate stage
+        "fixed_fpr_pct": list[float],
+        "bootstrap": int,
+    },
+    "benchmark": {
+        "rounds": int,
+        "warmup_rounds": int,
+        "seconds": float,
+        "min_calls": int,
+        "warmup": int,
+        "batch_size": int,
+        "core_hour_usd": float,
+    },
+    "select": {
+        "min_recall": float | None,
+        "max_fpr": float | None,
+        "max_latency_ms": float | None,
+        "max_size_mb": float | None,
+        "max_peak_rss_mb": float | None,
+        "objective": str,  # checked against lib/selection.py OBJECTIVES
+        "screen_images": int,
+    },
+    "report": {"reference": str, "quality": str, "steps": dict},
+}
+
+
+def check(params, sections):
+    """Check `sections` of `params` against SCHEMA; the first problem raises ParamError."""
+    if not isinstance(params, dict):
+        raise ParamError(f"params.yaml holds {type(params).__name__}; expected a mapping of sections {sorted(SCHEMA)}")
+    for section in params:  # a stray section (a typo in `dvc exp run -S`) is read by no stage
+        if section not in SCHEMA:
+            raise ParamError(f"params.yaml section {section!r} is not a known section{suggest(section, SCHEMA)}; "
+                             f"expected {sorted(SCHEMA)}")  # fmt: skip
+    for section in sections:
+        if section not in params:
+            raise ParamError(f"params.yaml has no section {section!r}{suggest(section, params)}; "
+                             f"this stage reads {list(sections)}")  # fmt: skip
+        values, rules = params[section], SCHEMA[section]
+        if not isinstance(values, dict):
+            raise ParamError(f"{section}={values!r} is not allowed; expected a mapping with keys {sorted(rules)}")
+        check_keys(section, values, rules)
+        for key, rule in rules.items():
+            if not fits(values[key], rule):
+                raise ParamError(f"{section}.{key}={values[key]!r} is not allowed; expected {describe(rule)}")
+    return params
+
+
+def check_keys(where, values, allowed, required=None):
+    """Unknown keys (with the closest known one) and missing ones; `required` defaults to all of `allowed`."""
+    for key in values:
+        if key not in allowed:
+            raise ParamError(f"{where}.{key} is not a known key{suggest(key, allowed, f'{where}.')}; "
+                             f"{where} takes {sorted(allowed)}")  # fmt: skip
+    for key in sorted(allowed if required is None else required):
+        if key not in values:
+            raise ParamError(f"{where}.{key} is missing; {where} needs {sorted(allowed)}")
+
+
+def suggest(key, known, prefix=""):
+    """' (did you mean 'train.epochs'?)' for the closest known name, or nothing when none is close."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def fits(value, rule):
+    """Does `value` follow `rule`? true/false is never a number, and a number is never true/false."""
+    if isinstance(rule, set):
+        return type(value) in {type(a) for a in rule} and value in rule
+    if rule is type(None):  # the None in `X | None`
+        return value is None
+    if isinstance(rule, types.UnionType):  # X | None
+        return any(fits(value, r) for r in rule.__args__)
+    if isinstance(rule, types.GenericAlias):  # list[int]
+        return isinstance(value, list) and all(fits(v, rule.__args__[0]) for v in value)
+    if isinstance(value, bool):
+        return rule is bool
+    if rule is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, rule)
+
+
+def describe(rule):
+    """`rule` in words, for messages."""
+    if isinstance(rule, set):
+        return f"one of {sorted(rule, key=str)}"
+    if rule is type(None):  # the None in `X | None`
+        return "null"
+    if isinstance(rule, types.UnionType):
+        return " or ".join(describe(r) for r in rule.__args__)
+    if isinstance(rule, types.GenericAlias):
+        return f"a list of {PLURALS[rule.__args__[0]]}"
+    return NAMES[rule]
+
+
+NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
+PLURALS = {int: "integers", float: "numbers", str: "strings"}
