@@ -52,7 +52,7 @@ def check(p, ev):
         else:
             steps[name] = pair
     if ev.task == "binary":
-        ranking = ["auroc", *(n for n in ev.ci_names if metrics._curve_metric(n))]
+        ranking = ["auroc", *(n for n in ev.ci_names if metrics.parse_curve_name(n))]
         params.check_choice("report.quality", r["quality"], set(ranking))
         return r["quality"], ["auroc", metrics.pct_name("fpr_at_recall", p["evaluate"]["target_recall"])], steps
     return comparison.MULTICLASS_QUALITY, [comparison.MULTICLASS_QUALITY], steps

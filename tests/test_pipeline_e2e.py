@@ -209,7 +209,8 @@ def test_shared_remote_lets_another_clone_reuse_every_result(repo, tmp_path):
     sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     dvc("remote", "add", "--local", "-d", "team", str(remote), cwd=clone)
     dvc("pull", cwd=clone)
-    assert (clone / "artifacts/student_kd/model.pt").read_bytes() == (repo / "artifacts/student_kd/model.pt").read_bytes()
+    model = "artifacts/student_kd/model.pt"
+    assert (clone / model).read_bytes() == (repo / model).read_bytes()
     assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint"}
 
 

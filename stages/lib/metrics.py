@@ -82,7 +82,7 @@ def pct_name(stem, fraction):
     return f"{stem}_{round(100 * fraction, 4):g}pct"
 
 
-def _curve_metric(name):
+def parse_curve_name(name):
     """('recall_at_fpr' | 'fpr_at_recall', fraction) for a name made by pct_name, else None."""
     m = re.fullmatch(r"(recall_at_fpr|fpr_at_recall)_([0-9.]+)pct", name)
     return (m.group(1), float(m.group(2)) / 100) if m else None
@@ -110,7 +110,7 @@ def curve_metric(name, labels, scores):
     `fpr_at_recall_95pct` is quality at matched recall: the false alarms a screen must accept to
     catch 95 % of the defects, whatever threshold that takes.
     """
-    kind, x = _curve_metric(name)
+    kind, x = parse_curve_name(name)
     tpr, fpr, operable = roc_rows(np.atleast_2d(labels), np.atleast_2d(scores))
     if kind == "recall_at_fpr":
         return np.where(operable & (fpr <= x + 1e-12), tpr, 0.0).max(1)  # no operable point: recall 0
@@ -178,7 +178,7 @@ def _draws(labels, pred, score, idx, names, num_classes):
             out["precision"] = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
             out["f1"] = 2 * tp / (2 * tp + fp + fn)
     for name in names:
-        if _curve_metric(name):
+        if parse_curve_name(name):
             values = curve_metric(name, y, score[idx])
             has_both = (y == 1).any(1) & (y == 0).any(1)
             out[name] = np.where(has_both, values, np.nan)

@@ -53,18 +53,19 @@ def check_recipe(key, recipe):
     recipe = {**DEFAULTS, **recipe}
     params.check_int(f"{key}.calibration_images", recipe["calibration_images"], 1)
     try:
-        _quantizer()
+        quantizer()
     except ImportError as e:
         raise params.ParamError(f"{key}.kind='pt2e' needs torchao: pip install -r requirements.txt ({e})") from e
     return recipe
 
 
-def _quantizer():
+def quantizer(is_qat=False):
+    """The X86 Inductor quantizer (also used by QAT, with fake-quant observers for training)."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq  # also registers the lowering
 
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    return quantizer
+    q = xiq.X86InductorQuantizer()
+    q.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    return q
 
 
 def _export(model, example):
@@ -78,7 +79,7 @@ def quantize(model, calib_x, batch_size=32):
 
     calib_x = torch.as_tensor(calib_x, dtype=torch.float32)
     model = model.eval()
-    prepared = prepare_pt2e(_export(model, calib_x[:2]).module(), _quantizer())
+    prepared = prepare_pt2e(_export(model, calib_x[:2]).module(), quantizer())
     with torch.no_grad():
         for i in tqdm(range(0, len(calib_x), batch_size), desc="pt2e calibration", leave=False):
             prepared(calib_x[i : i + batch_size])
@@ -116,7 +117,7 @@ def load_program(path):
 
 def load_module(path):
     """The quantized model as an eager (uncompiled) module: the reference the compiled one must match."""
-    _quantizer()  # the quantized_decomposed ops and the lowering passes must be registered before use
+    quantizer()  # the quantized_decomposed ops and the lowering passes must be registered before use
     return load_program(path).module()
 
 
@@ -146,7 +147,7 @@ class Pt2eRunner:
         except RuntimeError:
             pass
         self.torch, self.device = torch, device
-        _quantizer()
+        quantizer()
         program = load_program(path)
         from torch._inductor import config as inductor_config
 

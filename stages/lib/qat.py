@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.lib import metrics, params, quantization, runtime, training
+from stages.lib import metrics, params, pt2e, quantization, runtime, training
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,10 @@ def check_recipe(key, recipe):
     params.check_range(f"{key}.weight_decay", recipe["weight_decay"], 0, 1)
     params.check_choice(f"{key}.onnx", recipe["onnx"], set(ONNX_ROUTES))
     try:
-        _quantizer()
+        pt2e.quantizer(is_qat=True)
     except ImportError as e:
         raise params.ParamError(f"{key}.kind='qat' needs torchao: pip install -r requirements.txt ({e})") from e
     return recipe
-
-
-def _quantizer():
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=True))
-    return quantizer
 
 
 class QatModel(nn.Module):
@@ -98,10 +90,10 @@ class QatModel(nn.Module):
         self.graph_module = graph_module
 
     def train(self, mode=True):
-        from torchao.quantization import pt2e
+        from torchao.quantization import pt2e as ao
 
-        (pt2e.move_exported_model_to_train if mode else pt2e.move_exported_model_to_eval)(self.graph_module)
-        self.graph_module.apply(pt2e.enable_observer if mode else pt2e.disable_observer)
+        (ao.move_exported_model_to_train if mode else ao.move_exported_model_to_eval)(self.graph_module)
+        self.graph_module.apply(ao.enable_observer if mode else ao.disable_observer)
         self.training = mode
         return self
 
@@ -117,7 +109,7 @@ def prepare(model, example_x):
     batch = torch.export.Dim("batch", min=1, max=1024)
     model = copy.deepcopy(model).train()  # the exported graph shares its parameters: keep the input model as it was
     exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    return QatModel(prepare_qat_pt2e(exported.module(), _quantizer())).train()
+    return QatModel(prepare_qat_pt2e(exported.module(), pt2e.quantizer(is_qat=True))).train()
 
 
 def fine_tune(qat_model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):

@@ -20,7 +20,7 @@ NAMES = {"fpr": "FPR %", "recall": "recall %", "auroc": "AUROC", "ap": "AP", "pr
 def label(name):
     if name in NAMES:
         return NAMES[name]
-    kind, x = metrics._curve_metric(name)
+    kind, x = metrics.parse_curve_name(name)
     return f"FPR % at {x * 100:g} % recall" if kind == "fpr_at_recall" else f"recall % at {x * 100:g} % FPR"
 
 
