@@ -31,7 +31,7 @@ CHECKPOINT_DIR = Path(".checkpoints")  # relative to the repo root, where dvc ru
 
 def _update(h, state_dict):
     for name, t in state_dict.items():
-        t = t.detach().cpu().contiguous()
+        t = t.detach().to("cpu", copy=True).contiguous()  # a copy: numpy() of an observer's buffer would pin its size
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
