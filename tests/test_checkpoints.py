@@ -25,7 +25,7 @@ def tiny_data(seed):
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
+def tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", tmp_path / "ckpt")
     return tmp_path, tiny_model(), tiny_data(0), tiny_data(1)
 
@@ -35,8 +35,8 @@ def fit(model, train, val, live):
     return training.fit(copy.deepcopy(model), train, val, RECIPE, live, BASE)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(setup, monkeypatch, caplog):
-    tmp, model, train, val = setup
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny, monkeypatch, caplog):
+    tmp, model, train, val = tiny
     reference, ref_best = fit(model, train, val, tmp / "live_ref")
 
     calls = []
@@ -72,8 +72,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, monkeypatch, capl
         assert [r.split("\t")[1:] for r in got] == [r.split("\t")[1:] for r in ref], name  # all but the timestamp
 
 
-def test_other_inputs_or_params_never_share_a_checkpoint(setup):
-    _, model, train, val = setup
+def test_other_inputs_or_params_never_share_a_checkpoint(tiny):
+    _, model, train, val = tiny
     key = checkpoints.path(model, train, val, RECIPE, BASE)
     assert key == checkpoints.path(copy.deepcopy(model), train, val, dict(RECIPE), dict(BASE))
     changed_model = copy.deepcopy(model)
