@@ -12,8 +12,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -177,6 +179,47 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
 def test_second_repro_runs_only_the_fingerprint(repo):
     repo, _ = repo
     assert ran(dvc("repro", cwd=repo).stdout) == {"fingerprint"}
+
+
+def repro_killed_at(repo, marker, log):
+    """Start `dvc repro`, SIGKILL it and its stage process once `marker` shows in its output; that output."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        while marker not in log.read_text():
+            assert proc.poll() is None, f"dvc repro ended before {marker!r}:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return log.read_text()
+
+
+def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_path):
+    """SIGKILL in a training stage, then in quantize; `dvc repro` finishes the job. Same models, same metrics."""
+    first, _ = repo
+    second = copy_repo(tmp_path / "repo", TINY)
+    killed = repro_killed_at(second, "Running stage 'distill'", tmp_path / "kill1.log")
+    assert "Running stage 'quantize@" not in killed
+    # No lock to clear by hand: DVC drops a lock whose process is gone. Finished stages are not rerun.
+    killed = repro_killed_at(second, "Running stage 'quantize@", tmp_path / "kill2.log")
+    assert not {"prepare", "finetune_teacher", "train_student"} & ran(killed)
+    dvc("repro", cwd=second)
+    assert not list((second / ".checkpoints").glob("[!.]*.pt"))  # every training run finished and cleaned up
+
+    # Determinism: two from-scratch runs give byte-identical weights and equal quality metrics.
+    for model in ("teacher", "student", "student_kd", "student_pruned"):
+        path = f"artifacts/{model}/model.pt"
+        assert (second / path).read_bytes() == (first / path).read_bytes(), path
+    metrics = ["finetune_teacher.json", "train_student.json", "distill.json", "prune/*.json", "evaluate/*.json",
+               "quantize/*.json"]  # fmt: skip
+    files = sorted(p.relative_to(first) for pattern in metrics for p in (first / "metrics").glob(pattern))
+    assert len(files) > 10
+    for f in files:
+        a, b = (json.loads((r / f).read_text()) for r in (first, second))
+        a.pop("train_minutes", None), b.pop("train_minutes", None)  # wall time: the one number allowed to differ
+        assert a == b, f
+    assert ran(dvc("repro", cwd=second).stdout) == {"fingerprint"}
 
 
 def test_clone_reuses_benchmark_on_same_machine_and_remeasures_on_another(repo, tmp_path):

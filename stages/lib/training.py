@@ -1,5 +1,7 @@
 """One training recipe for every model: AdamW, cosine LR, best epoch by validation AUROC.
 
+A stage killed part-way resumes training from its last finished epoch (stages/lib/checkpoints.py).
+
 With a `teacher`, the loss is knowledge distillation (Hinton et al. 2015):
     alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, y)
 """
@@ -16,7 +18,7 @@ from dvclive import Live
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from stages.lib import data, models, params
+from stages.lib import checkpoints, data, models, params
 from stages.lib.outputs import write_json
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,18 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(base["seed"])
     best = {"key": (-1.0, 0.0)}
+    history = []  # the values logged to dvclive, one dict per finished epoch
+    ckpt = checkpoints.path(model, train_xy, val_xy, recipe, base, teacher, kd)
+    resumed = checkpoints.restore(ckpt, model, opt, sched, gen)
+    if resumed:
+        best, history = resumed["best"], resumed["history"]
+        log.info("resuming from epoch %d of %d (%s)", len(history), recipe["epochs"], ckpt)
     with Live(live_dir, save_dvc_exp=False, dvcyaml=None) as live:
-        for epoch in range(recipe["epochs"]):
+        for logged in history:  # DVC removed the killed run's curves: replay them so the plots are whole
+            for name, value in logged.items():
+                live.log_metric(name, value)
+            live.next_step()
+        for epoch in range(len(history), recipe["epochs"]):
             model.train()
             losses = []
             bar = tqdm(data.batches(x_train, y_train, recipe["batch_size"], shuffle=True, generator=gen),
@@ -106,10 +118,10 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
             val_prob = predict(model, x_val, channels_last=channels_last, device=device)
             val_auroc = auroc(y_val.numpy(), val_prob)
             val_loss = float(F.nll_loss(torch.from_numpy(val_prob).clamp_min(1e-7).log(), y_val))
-            live.log_metric("train/loss", float(np.mean(losses)))
-            live.log_metric("val/loss", val_loss)
-            live.log_metric("val/auroc", val_auroc)
-            live.log_metric("lr", sched.get_last_lr()[0])
+            logged = {"train/loss": float(np.mean(losses)), "val/loss": val_loss, "val/auroc": val_auroc,
+                      "lr": sched.get_last_lr()[0]}  # fmt: skip
+            for name, value in logged.items():
+                live.log_metric(name, value)
             live.next_step()
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f", epoch + 1, recipe["epochs"],
                      np.mean(losses), val_loss, val_auroc)  # fmt: skip
@@ -117,6 +129,9 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
             if (val_auroc, -val_loss) > best["key"]:
                 best = {"key": (val_auroc, -val_loss), "auroc": val_auroc, "epoch": epoch + 1,
                         "state": copy.deepcopy(model.state_dict())}  # fmt: skip
+            history.append(logged)
+            checkpoints.save(ckpt, model, opt, sched, gen, best, history)
+    checkpoints.remove(ckpt)
     model.load_state_dict(best["state"])
     model.to("cpu", memory_format=torch.contiguous_format)
     log.info("best epoch %d (val_auroc %.4f)", best["epoch"], best["auroc"])
