@@ -198,7 +198,10 @@ def repro_killed_at(repo, marker, log):
 def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_path):
     """SIGKILL in a training stage, then in quantize; `dvc repro` finishes the job. Same models, same metrics."""
     first, _ = repo
-    second = copy_repo(tmp_path / "repo", TINY)
+    # Every stage still runs (all models train); only the variants are fewer, to keep this second run short.
+    small = {"compare": {"models": ["student_kd"], "recipes": ["ort_fp32", "int8_static_pc"]},
+             "sparsify": {**TINY["sparsify"], "models": {}}, "report": {"reference": "student_kd_ort_fp32"}}  # fmt: skip
+    second = copy_repo(tmp_path / "repo", {**TINY, **small})
     killed = repro_killed_at(second, "Running stage 'distill'", tmp_path / "kill1.log")
     assert "Running stage 'quantize@" not in killed
     # No lock to clear by hand: DVC drops a lock whose process is gone. Finished stages are not rerun.
@@ -213,8 +216,8 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
         assert (second / path).read_bytes() == (first / path).read_bytes(), path
     metrics = ["finetune_teacher.json", "train_student.json", "distill.json", "prune/*.json", "evaluate/*.json",
                "quantize/*.json"]  # fmt: skip
-    files = sorted(p.relative_to(first) for pattern in metrics for p in (first / "metrics").glob(pattern))
-    assert len(files) > 10
+    files = sorted(p.relative_to(second) for pattern in metrics for p in (second / "metrics").glob(pattern))
+    assert len(files) >= 8
     for f in files:
         a, b = (json.loads((r / f).read_text()) for r in (first, second))
         a.pop("train_minutes", None), b.pop("train_minutes", None)  # wall time: the one number allowed to differ
