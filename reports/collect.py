@@ -1,6 +1,7 @@
 """Copy finished DVC experiments out of their refs into a folder of this repo, so their results are committed.
 
     python reports/collect.py reports/prune_options prune-l2 prune-taylor ...
+    python reports/collect.py reports/precision_menu exp-menu     # a branch committed after its `dvc repro`
 
 `dvc exp run` keeps each experiment as a git ref that is not pushed with the branch. For every name this writes
 <folder>/<name>/ with what the experiment's own run produced, byte for byte: params.yaml, dvc.lock (the exact
@@ -22,11 +23,15 @@ def git(*args):
 
 
 def exp_ref(name):
+    """The experiment's ref; a name that is no experiment may be any git revision (a branch run by `dvc repro`)."""
     refs = git("for-each-ref", "--format=%(refname)", "refs/exps").decode().split()
     found = [r for r in refs if r.rsplit("/", 1)[-1] == name]
-    if len(found) != 1:
-        raise SystemExit(f"experiment {name!r}: expected one ref under refs/exps, found {len(found)} (dvc exp list)")
-    return found[0]
+    if len(found) == 1:
+        return found[0]
+    if not found and subprocess.run(["git", "rev-parse", "-q", "--verify", f"{name}^{{commit}}"],
+                                    capture_output=True).returncode == 0:  # fmt: skip
+        return name
+    raise SystemExit(f"experiment {name!r}: expected one ref under refs/exps or a git revision, found {len(found)}")
 
 
 def collect(name, dest):

@@ -43,18 +43,20 @@ for run in sorted(p for p in HERE.iterdir() if (p / "experiment.json").is_file()
     delta, after = step["delta"], report["variants"][step["after"]]
     cut = 1 - prune["macs_ratio"]
     met = cut >= MIN_MACS_CUT and all(delta[f"{m}_delta_pt_verdict"] != "worse" for m in METRICS)
-    rows.append((
-        info["name"],
-        ", ".join(f"`prune.{k}={v}`" for k, v in changed.items()) or "defaults",
-        f"{prune['importance']} / {prune['scope']} / {prune['iterative_steps']} / {prune['epochs']}",
-        f"{prune['macs_after_m']:.1f} (-{100 * cut:.0f} %)",
-        f"{prune['train_minutes']:.1f}",
-        f"{prune['val_auroc']:.3f}",
-        f"{after['auroc']:.3f}",
-        fmt_delta(delta, "auroc"),
-        fmt_delta(delta, "fpr_at_recall_95pct"),
-        "yes" if met else "no",
-    ))
+    rows.append(
+        (
+            info["name"],
+            ", ".join(f"`prune.{k}={v}`" for k, v in changed.items()) or "defaults",
+            f"{prune['importance']} / {prune['scope']} / {prune['iterative_steps']} / {prune['epochs']}",
+            f"{prune['macs_after_m']:.1f} (-{100 * cut:.0f} %)",
+            f"{prune['train_minutes']:.1f}",
+            f"{prune['val_auroc']:.3f}",
+            f"{after['auroc']:.3f}",
+            fmt_delta(delta, "auroc"),
+            fmt_delta(delta, "fpr_at_recall_95pct"),
+            "yes" if met else "no",
+        )
+    )
 
 ref = report["steps"]["pruning"]["before"]
 lines = [
@@ -77,7 +79,7 @@ lines = [
     "",
     f"Deltas are paired against `{ref}` on the same test images (bootstrap 95 % intervals, points; ▼ = the interval",
     "excludes zero, worse). FPR@95 % recall is threshold-free: the false alarms needed to catch 95 % of defects.",
-    f"\"Target\" is issue 8's recovery target: at least {100 * MIN_MACS_CUT:.0f} % fewer MACs and neither delta worse.",
+    f'"Target" is issue 8\'s recovery target: at least {100 * MIN_MACS_CUT:.0f} % fewer MACs and neither delta worse.',
     "Latency is not compared here (the benchmark of the default run measures the pruned student); fine-tune minutes",
     "are wall time on the 2-core machine, and some of these experiments shared it with other jobs, so read them as",
     "an upper bound, not as the cost of the knob.",
