@@ -141,3 +141,6 @@ def test_report_markdown_reads_everything_from_the_table(evidence):
     assert f"**`{pick}`**" in text and "abc123" in text and "▼" in text
     auroc = table.loc["pruned", "auroc"]
     assert f"{auroc:.3f}" in text  # numbers come from the table
+    # A narrowed `compare` can leave no step with both variants: the report says so instead of failing.
+    text = writeup.render(table, {**ctx, "steps": {}})
+    assert "No step of `report.steps` has both of its variants" in text and "No step in this run made" in text

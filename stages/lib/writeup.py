@@ -111,6 +111,8 @@ def noise_line(table, threads):
 
 
 def steps_table(steps, guards):
+    if not steps:  # compare narrowed so that no step has both of its variants
+        return "No step of `report.steps` has both of its variants in this run's `compare`.\n"
     rows = []
     for name, s in steps.items():
         d = s["delta"]
