@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.lib import data, errors, models, params, pruning, training
+from stages.lib import data, distributed, errors, models, params, pruning, training
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prune")
@@ -46,6 +46,7 @@ def parser(doc, sweep=False):
 def run(p, sec, args):
     """Load -> prune (with fine-tunes between and after steps) -> save model, card and metrics."""
     params.setup(p["base"])
+    distributed.launch(p["train"]["processes"])
     size = p["base"]["image_size"]
     student, card = models.load(args.student)
     teacher, _ = training.frozen_teacher(args.teacher)
@@ -68,6 +69,8 @@ def run(p, sec, args):
     start = time.perf_counter()
     student, stats = pruning.prune_structured(student, size, sec, finetune, calib)
     minutes = (time.perf_counter() - start) / 60
+    if not distributed.is_main():
+        return  # rank 0 writes the outputs
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
     setting = {k: sec[k] for k in ("ratio", "importance", "scope", "max_ratio", "iterative_steps", "epochs")}
     setting["source_model"] = Path(args.student).parent.name  # the unpruned model it is compared with

@@ -16,7 +16,7 @@ import argparse
 import logging
 import time
 
-from stages.lib import data, errors, models, params, sparsity, training
+from stages.lib import data, distributed, errors, models, params, sparsity, training
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("sparsify")
@@ -51,6 +51,7 @@ def main():
     p = params.load(*SECTIONS)
     sec, spec = check(p, args.name)
     params.setup(p["base"])
+    distributed.launch(p["train"]["processes"])
     size = p["base"]["image_size"]
 
     student, card = models.load(args.student)
@@ -66,6 +67,8 @@ def main():
     start = time.perf_counter()
     student, best = training.fit(student, train_xy, val_xy, recipe, args.live_dir, p["base"], teacher, p["distill"])
     minutes = (time.perf_counter() - start) / 60
+    if not distributed.is_main():
+        return  # rank 0 writes the outputs
     student = sparsity.make_permanent(student)
     stats = {**sparsity.sparsity_stats(student, masks), **sparsity.sizes(student)}
     stats["size_deflate_ratio_vs_dense_student"] = round(stats["size_deflate_mb"] / dense["size_deflate_mb"], 4)

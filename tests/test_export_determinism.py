@@ -1,4 +1,4 @@
-"""The same model.pt gives byte-identical fp32.onnx and int8.onnx, wherever the code lives.
+"""The same model gives byte-identical model.pt, fp32.onnx and int8.onnx, wherever the code lives.
 
 DVC decides what to rerun by file hashes: a non-deterministic export would rerun evaluate and
 benchmark of an unchanged model in every fresh clone (the exporter used to embed absolute
@@ -47,3 +47,22 @@ def test_export_and_int8_are_byte_identical_across_clones(tmp_path):
         outs.append(out)
     for name in ("fp32.onnx", "int8.onnx"):
         assert sha(outs[0] / name) == sha(outs[1] / name), name
+
+
+SAVE = """
+import sys
+import torch
+from stages.lib import models
+torch.manual_seed(0)
+model = models.build("tf_efficientnet_lite0", 2)
+models.save(sys.argv[1], model, models.make_card("tf_efficientnet_lite0", "none", 64, model, ["good", "defect"]))
+"""
+
+
+def test_model_pt_is_byte_identical_across_processes_and_folders(tmp_path):
+    """Same weights, same card -> the same model.pt bytes (the atomic write's temporary name leaves no trace)."""
+    outs = [tmp_path / "a", tmp_path / "nested" / "b"]
+    for out in outs:
+        subprocess.run([sys.executable, "-c", SAVE, str(out)], cwd=ROOT, check=True, capture_output=True)
+    assert sha(outs[0] / "model.pt") == sha(outs[1] / "model.pt")
+    assert sorted(p.name for p in outs[0].iterdir()) == ["card.json", "model.pt"]  # no temporary folder left

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from stages.lib import deploy
+from stages.lib import data, deploy, models, training
 from tests.conftest import ROOT
 
 TINY = {
@@ -213,14 +213,11 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
     dvc("repro", cwd=second)
     assert not list((second / ".checkpoints").glob("[!.]*.pt"))  # every training run finished and cleaned up
 
-    # Determinism: two from-scratch runs give bitwise-equal weights and equal quality metrics. (The model.pt
-    # files themselves are not yet byte-identical: torch.save names its zip archive after the temporary file
-    # the atomic write uses, which carries the process id.)
-    for model in ("teacher", "student", "student_kd", "student_pruned"):
-        a, b = (torch.load(r / f"artifacts/{model}/model.pt", weights_only=True) for r in (first, second))
-        assert a.keys() == b.keys() and a["state"].keys() == b["state"].keys(), model
-        assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"]), model
-        assert {k: v for k, v in a.items() if k != "state"} == {k: v for k, v in b.items() if k != "state"}, model
+    # Determinism: two from-scratch runs give byte-identical model files and equal quality metrics.
+    files = [f"artifacts/{m}/model.pt" for m in ("teacher", "student", "student_kd", "student_pruned")]
+    files += [f"artifacts/variants/student_kd_{r}/model.onnx" for r in ("ort_fp32", "int8_static_pc")]
+    for f in files:
+        assert (first / f).read_bytes() == (second / f).read_bytes(), f
     metrics = ["finetune_teacher.json", "train_student.json", "distill.json", "prune/*.json", "evaluate/*.json",
                "quantize/*.json"]  # fmt: skip
     files = sorted(p.relative_to(second) for pattern in metrics for p in (second / "metrics").glob(pattern))
@@ -230,6 +227,26 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
         a.pop("train_minutes", None), b.pop("train_minutes", None)  # wall time: the one number allowed to differ
         assert a == b, f
     assert ran(dvc("repro", cwd=second).stdout) == {"fingerprint"}
+
+
+def test_two_process_training_under_torchrun_is_valid_and_close_to_one_process(repo, tmp_path):
+    """README "Scaling out": `dvc exp run -S train.processes=2` trains with DDP in 2 gloo processes."""
+    first, _ = repo
+    (tmp_path / "repo").mkdir()
+    second = copy_repo(tmp_path / "repo", TINY)
+    out = dvc("exp", "run", "-S", "train.processes=2", "train_student", cwd=second)
+    assert "rank 0 of 2" in out.stdout + out.stderr
+    model = "artifacts/student/model.pt"
+    one, _ = models.load(first / model)
+    two, card = models.load(second / model)  # rank 0 wrote a complete, loadable model and its card
+    assert card["val_auroc"] == json.loads((second / "metrics/train_student.json").read_text())["val_auroc"]
+    x = torch.cat([data.load_split(first / "data/prepared", split, TINY["base"]["image_size"])[0]
+                   for split in ("train", "val")])  # fmt: skip
+    p1, p2 = training.predict(one, x), training.predict(two, x)
+    # Close, not equal: BatchNorm statistics and dropout masks are per shard on CPU (tests/test_distributed.py
+    # checks the step is the single-process one exactly for a model without them). Measured: 85 % agreement.
+    assert (p1.argmax(1) == p2.argmax(1)).mean() >= 0.75
+    assert not list((second / ".checkpoints").glob("*.pt"))
 
 
 def test_clone_reuses_benchmark_on_same_machine_and_remeasures_on_another(repo, tmp_path):
@@ -268,7 +285,7 @@ def test_shared_remote_lets_another_clone_reuse_every_result(repo, tmp_path):
 
 
 def test_queued_experiments_run_and_show_side_by_side(repo):
-    """README "Sweeps": two queued experiments, one worker (so benchmarks never overlap), both in `dvc exp show`."""
+    """README "Scaling out": two queued experiments, one worker (so benchmarks never overlap), both in `dvc exp show`."""
     repo, _ = repo
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "before the sweep", "--allow-empty", cwd=repo)

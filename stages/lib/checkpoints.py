@@ -5,9 +5,10 @@
 by git and DVC: DVC deletes a stage's outputs before it reruns it, so a checkpoint kept there would
 be gone. The file name is a hash of everything that decides the result of `fit` (the starting
 weights, which stand for the source or pretrained model; the teacher; the train and val images and
-labels; the recipe, base and KD params; this loop's code), so a restart with other inputs or params
-never resumes from a stale checkpoint. Always on, whatever the number of epochs: saving a small
-model once an epoch costs far less than the epoch, and one code path is easier to trust.
+labels; the recipe, base and KD params; the number of processes; this loop's code), so a restart
+with other inputs or params never resumes from a stale checkpoint. Always on, whatever the number
+of epochs: saving a small model once an epoch costs far less than the epoch, and one code path is
+easier to trust.
 
 A checkpoint holds everything the next epoch reads: weights, optimizer, one-cycle schedule, the
 shuffling/augmentation generator, the global RNGs (python, numpy, torch), the best epoch so far and
@@ -36,10 +37,10 @@ def _update(h, state_dict):
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def path(model, train_xy, val_xy, recipe, base, teacher=None, kd=None):
+def path(model, train_xy, val_xy, recipe, base, teacher=None, kd=None, processes=1):
     """CHECKPOINT_DIR/<sha256 of fit's inputs>.pt; call it before training touches the model."""
-    h = hashlib.sha256(json.dumps([recipe, base, kd], sort_keys=True).encode())
-    for module in (__file__, data.__file__, Path(__file__).with_name("training.py")):
+    h = hashlib.sha256(json.dumps([recipe, base, kd, processes], sort_keys=True).encode())
+    for module in (__file__, data.__file__, *(Path(__file__).with_name(f) for f in ("training.py", "distributed.py"))):
         h.update(Path(module).read_bytes())
     _update(h, model.state_dict())
     if teacher is not None:

@@ -37,7 +37,7 @@ SCHEMA = {
         "max_images": int,
         "max_side": int | None,
     },
-    "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float},
+    "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "processes": int},
     "finetune_teacher": {"model": str, "weights": str},
     "train_student": {"model": str, "weights": str},
     "distill": {"temperature": float, "alpha": float},

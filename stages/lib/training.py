@@ -18,7 +18,7 @@ from dvclive import Live
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from stages.lib import checkpoints, data, models, params
+from stages.lib import checkpoints, data, distributed, models, params
 from stages.lib.outputs import write_json
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ def check_recipe(train):
     params.check_int("train.batch_size", train["batch_size"], 1)
     params.check_range("train.lr", train["lr"], 0, 1, lo_inclusive=False)
     params.check_range("train.weight_decay", train["weight_decay"], 0, 1)
+    params.check_int("train.processes", train["processes"], 1)
     return train
 
 
@@ -70,9 +71,13 @@ def predict(model, x_uint8, batch_size=64, channels_last=False, device="cpu"):
 
 
 def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
-    """Train `model` in place and return it holding the weights of its best validation epoch."""
+    """Train `model` in place and return it holding the weights of its best validation epoch.
+
+    Under torchrun every process runs this with the same arguments (stages/lib/distributed.py).
+    """
     (x_train, y_train), (x_val, y_val) = train_xy, val_xy
-    device, channels_last = base["device"], base["channels_last"]
+    rank, world_size = distributed.world()
+    device, channels_last = distributed.init(base["device"]), base["channels_last"]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     if teacher is not None:
@@ -83,12 +88,15 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
     gen = torch.Generator().manual_seed(base["seed"])
     best = {"key": (-1.0, 0.0)}
     history = []  # the values logged to dvclive, one dict per finished epoch
-    ckpt = checkpoints.path(model, train_xy, val_xy, recipe, base, teacher, kd)
+    ckpt = checkpoints.path(model, train_xy, val_xy, recipe, base, teacher, kd, world_size)
     resumed = checkpoints.restore(ckpt, model, opt, sched, gen)
     if resumed:
         best, history = resumed["best"], resumed["history"]
         log.info("resuming from epoch %d of %d (%s)", len(history), recipe["epochs"], ckpt)
-    with Live(live_dir, save_dvc_exp=False, dvcyaml=None) as live:
+    net = distributed.wrap(model, device)  # after restore: DDP starts every rank from rank 0's weights
+    if world_size > 1:
+        log.info("rank %d of %d: 1/%d of every batch of %d", rank, world_size, world_size, recipe["batch_size"])
+    with Live(live_dir, save_dvc_exp=False, dvcyaml=None) if rank == 0 else _NoLive() as live:
         for logged in history:  # DVC removed the killed run's curves: replay them so the plots are whole
             for name, value in logged.items():
                 live.log_metric(name, value)
@@ -98,11 +106,16 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
             losses = []
             bar = tqdm(data.batches(x_train, y_train, recipe["batch_size"], shuffle=True, generator=gen),
                        total=-(-len(x_train) // recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}",
-                       leave=False)  # fmt: skip
+                       leave=False, disable=rank != 0)  # fmt: skip
             for xb, yb in bar:
-                xb = data.to_float(data.augment(xb, gen).to(device)).contiguous(memory_format=memory_format)
+                xb = data.augment(xb, gen)  # the whole batch, so every rank's generator stays in step
+                if world_size > 1:
+                    if len(xb) < 2 * world_size:  # a last batch too small to split (BatchNorm needs 2 per rank)
+                        continue
+                    xb, yb = distributed.shard(xb, yb)
+                xb = data.to_float(xb.to(device)).contiguous(memory_format=memory_format)
                 yb = yb.to(device)
-                logits = model(xb)
+                logits = net(xb)
                 if teacher is None:
                     loss = F.cross_entropy(logits, yb)
                 else:
@@ -115,27 +128,49 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
                 sched.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-            val_prob = predict(model, x_val, channels_last=channels_last, device=device)
+            distributed.sync_buffers(model)
+            (x_part,) = distributed.shard(x_val)
+            val_prob = predict(model, x_part, channels_last=channels_last, device=device)
+            val_prob = distributed.gather_rows(val_prob, len(x_val))
             val_auroc = auroc(y_val.numpy(), val_prob)
             val_loss = float(F.nll_loss(torch.from_numpy(val_prob).clamp_min(1e-7).log(), y_val))
-            logged = {"train/loss": float(np.mean(losses)), "val/loss": val_loss, "val/auroc": val_auroc,
+            train_loss = distributed.mean(float(np.mean(losses)))
+            logged = {"train/loss": train_loss, "val/loss": val_loss, "val/auroc": val_auroc,
                       "lr": sched.get_last_lr()[0]}  # fmt: skip
             for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f", epoch + 1, recipe["epochs"],
-                     np.mean(losses), val_loss, val_auroc)  # fmt: skip
+                     train_loss, val_loss, val_auroc)  # fmt: skip
             # Best epoch: highest val AUROC; ties (AUROC saturates at 1.0 on easy data) go to lower val loss.
             if (val_auroc, -val_loss) > best["key"]:
                 best = {"key": (val_auroc, -val_loss), "auroc": val_auroc, "epoch": epoch + 1,
                         "state": copy.deepcopy(model.state_dict())}  # fmt: skip
             history.append(logged)
-            checkpoints.save(ckpt, model, opt, sched, gen, best, history)
-    checkpoints.remove(ckpt)
+            if rank == 0:
+                checkpoints.save(ckpt, model, opt, sched, gen, best, history)
+    if rank == 0:
+        checkpoints.remove(ckpt)
     model.load_state_dict(best["state"])
     model.to("cpu", memory_format=torch.contiguous_format)
     log.info("best epoch %d (val_auroc %.4f)", best["epoch"], best["auroc"])
     return model.eval(), {"best_epoch": best["epoch"], "val_auroc": round(best["auroc"], 4)}
+
+
+class _NoLive:
+    """What ranks other than 0 log to: nothing (rank 0 writes the dvclive curves)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def log_metric(self, name, value):
+        pass
+
+    def next_step(self):
+        pass
 
 
 def frozen_teacher(path):
@@ -169,6 +204,7 @@ def supervised_main(stage, doc, model_section=None, distill=False):
     if distill:
         check_kd(stage, p[stage])
     params.setup(p["base"])
+    distributed.launch(p["train"]["processes"])
 
     teacher = kd = None
     if distill:
@@ -191,5 +227,7 @@ def run(stage, p, data_dir, out_dir, live_dir, metrics_path, model_name, weights
     start = time.perf_counter()
     model, best = fit(model, train_xy, val_xy, p["train"], live_dir, base, teacher, kd)
     minutes = (time.perf_counter() - start) / 60
+    if not distributed.is_main():
+        return  # rank 0 writes the outputs
     card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, classes), **best})
     write_json(metrics_path, {**best, "param_count": card["param_count"], "train_minutes": round(minutes, 2)})
