@@ -97,6 +97,31 @@ def test_per_channel_and_per_tensor_graphs_differ_in_scale_shapes(fp32, tmp_path
     assert quantization.weight_scales(pc) == "per_channel" and quantization.weight_scales(pt) == "per_tensor"
 
 
+def ranges(cache):
+    """{tensor: (low, high)} from a calibration cache."""
+    value = lambda v: float(np.ravel(v["data"])[0]) if isinstance(v, dict) else float(v)  # noqa: E731
+    return {k: (value(t["lowest"]), value(t["highest"])) for k, t in json.loads(cache.read_text())["data"].items()}
+
+
+def test_entropy_and_percentile_calibration_clip_what_minmax_keeps(fp32, tmp_path):
+    """Each method gives its own ranges, inside the min-max ones, and its own model (ORT's quantize_static alone
+    would give entropy the min-max ranges: one candidate threshold)."""
+    path, _, _ = fp32
+    calib = crops(16, SIZE, seed=0)
+    found = {}
+    for method in ("minmax", "entropy", "percentile"):
+        cache = tmp_path / f"{method}.json"
+        model = quantization.quantize_static_qdq(path, tmp_path / f"{method}.onnx", calib, cache=cache,
+                                                 calibrate_method=method)  # fmt: skip
+        found[method] = ranges(cache), model.read_bytes()
+    minmax = found["minmax"][0]
+    for method in ("entropy", "percentile"):
+        clipped, model = found[method]
+        assert minmax.keys() <= clipped.keys() and model != found["minmax"][1], method
+        narrower = [k for k in minmax if clipped[k][1] - clipped[k][0] < 0.99 * (minmax[k][1] - minmax[k][0])]
+        assert len(narrower) > len(minmax) // 10, method  # measured: entropy ~85 %, percentile ~20 % of tensors
+
+
 def test_cache_replaces_calibration_and_fallback_keeps_the_most_sensitive_layers_float(fp32, tmp_path):
     path, x, logits = fp32
     prep = quantization.preprocess(path, tmp_path / "prep.onnx")
