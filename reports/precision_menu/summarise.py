@@ -112,8 +112,19 @@ def main(run, minutes):
         "kernels, not investigated further. The PTQ graph (`int8_static_pc`) is the fast one.",
         "- **Entropy calibration in this run equals min-max** (identical rows): ONNX Runtime's `quantize_static` "
         "builds its entropy calibrator with 128 histogram bins for 128 levels, one candidate threshold, the full "
-        "range. Fixed after this run (2048-bin KL search in `stages/lib/quantization.py`); the entropy rows of the "
-        "fixed code are measured in [exp-entropy/](exp-entropy/REPORT.md#which-precision).",
+        "range. Fixed after this run (2048-bin KL search in `stages/lib/quantization.py`) and measured again in a "
+        "second run on the fixed code, [exp-entropy/](exp-entropy/REPORT.md#which-precision) (teacher and "
+        "student_kd x ort_fp32, int8_static_pc, int8_static_entropy):",
+    ]
+    entropy = json.loads((run.parent / "exp-entropy/metrics/report.json").read_text())["precision"]
+    for r in (r for r in entropy if r["recipe"] in ("int8_static_pc", "int8_static_entropy")):
+        out.append(
+            f"  - {r['variant']}: Δ AUROC {ci(r['auroc_vs_fp32_pt'], r['auroc_vs_fp32_pt_ci95'], ' pt')}, Δ FPR "
+            f"{ci(r['fpr_at_recall_95pct_vs_fp32_pt'], r['fpr_at_recall_95pct_vs_fp32_pt_ci95'], ' pt')}, "
+            f"{speed(r)}; PTQ hurt on validation: {'yes' if r.get('ptq_hurt') else 'no'}."
+        )
+    out += [
+        "  On these two models real KL clipping does not beat min-max.",
         "",
         "Deltas and speed-ups are paired against the same model in ONNX Runtime FP32 (same test images, same "
         "benchmark rounds; ▲ / ▼: the 95 % interval excludes no change). Cluster sizes in the table are the dense "
