@@ -4,6 +4,8 @@ import ast
 
 import yaml
 
+from stages.lib import schema
+
 
 def lib_imports(path, root, seen=None):
     """stages/lib/*.py files imported by `path`, followed transitively (also through another stage's
@@ -93,3 +95,17 @@ def test_only_the_headline_is_a_declared_metric(root):
     declared = [next(iter(m)) if isinstance(m, dict) else m
                 for stage in spec["stages"].values() for m in stage.get("do", stage).get("metrics", [])]  # fmt: skip
     assert declared == ["metrics/headline.json"]
+
+
+def test_a_new_sweep_ratio_reruns_no_other_pruning_stage(root):
+    """prune and prune_sweep list their prune.* keys one by one: prune.sweep (the list) is in neither, and the
+    sweep's ratio comes from its item, so adding a ratio adds one stage and leaves the others as they are."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    prune, sweep = spec["prune"]["params"], spec["prune_sweep"]["do"]["params"]
+    assert "prune" not in prune and "prune.sweep" not in prune and "prune.ratio" in prune
+    assert "prune" not in sweep and "prune.sweep" not in sweep and "prune.ratio" not in sweep
+    assert set(prune) - {"prune.ratio"} == set(sweep)  # otherwise the same knobs: a sweep point is a prune
+    # ...and every other prune knob is listed: a new one added to the schema but not here would not rerun prune
+    assert {k for k in prune if k.startswith("prune.")} == {f"prune.{k}" for k in schema.SCHEMA["prune"]} - {
+        "prune.sweep"
+    }

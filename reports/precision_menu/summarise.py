@@ -56,12 +56,15 @@ def main(run, minutes):
     best = max(int8_ok, key=lambda n: kd[n]["speedup_vs_fp32_x"])
     b = kd[best]
     met = b["speedup_vs_fp32_x"] >= 2.0
+    one = json.loads((run / "metrics/report.json").read_text())["steps"]["int8"]["delta"]  # ort_fp32 -> int8_static_pc
     out += [
         f"- **Deployed student, best INT8 recipe at least 2.0x faster than ORT FP32 at batch 1, FPR at 95 % recall "
-        f"within the paired interval:** {'met' if met else 'not met'}. `student_kd_{best}`: {speed(b)} vs "
-        f"`student_kd_ort_fp32` (p50 {b['latency_ms_p50']:.2f} ms), Δ FPR "
+        f"within the paired interval:** {'met' if met else 'not met'} at `base.threads` (2). `student_kd_{best}`: "
+        f"{speed(b)} vs `student_kd_ort_fp32` (p50 {b['latency_ms_p50']:.2f} ms), Δ FPR "
         f"{ci(b['fpr_at_recall_95pct_vs_fp32_pt'], b['fpr_at_recall_95pct_vs_fp32_pt_ci95'], ' pt')}, Δ AUROC "
-        f"{ci(b['auroc_vs_fp32_pt'], b['auroc_vs_fp32_pt_ci95'], ' pt')}.",
+        f"{ci(b['auroc_vs_fp32_pt'], b['auroc_vs_fp32_pt_ci95'], ' pt')}. At 2 threads the interval is wide (a "
+        f"sub-millisecond model on a 2-vCPU VM); at 1 thread `int8_static_pc` ran {one['speedup_x_1t']:.2f}x "
+        f"[{one['speedup_x_1t_ci95'][0]:.2f}, {one['speedup_x_1t_ci95'][1]:.2f}] as fast as FP32.",
         "- **Every model has an INT8 recipe within the paired 95 % interval of its FP32 version in AUROC:**",
     ]
     for model, recipes in by_model.items():
