@@ -5,7 +5,7 @@
 
 `dvc exp run` keeps each experiment as a git ref that is not pushed with the branch. For every name this writes
 <folder>/<name>/ with what the experiment's own run produced, byte for byte: params.yaml, dvc.lock (the exact
-inputs and outputs), REPORT.md, the metrics JSON files and the report's PNG plots, plus experiment.json naming
+inputs and outputs), REPORT.md, the metrics JSON files and the report's tables (CSV) and PNG plots, plus experiment.json naming
 the experiment commit and the commit it was run on. Nothing is recomputed or edited.
 """
 
@@ -38,7 +38,9 @@ def collect(name, dest):
     ref = exp_ref(name)
     commit = git("rev-parse", ref).decode().strip()
     files = git("ls-tree", "-r", "--name-only", commit).decode().splitlines()
-    wanted = [f for f in files if f in KEEP_FILES or (f.startswith(KEEP_DIRS) and f.endswith((".json", ".png")))]
+    wanted = [
+        f for f in files if f in KEEP_FILES or (f.startswith(KEEP_DIRS) and f.endswith((".json", ".png", ".csv")))
+    ]
     for f in wanted:
         out = dest / name / f
         out.parent.mkdir(parents=True, exist_ok=True)
