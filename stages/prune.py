@@ -3,8 +3,8 @@
     python -m stages.prune data/prepared artifacts/student_kd/model.pt artifacts/teacher/model.pt \
         artifacts/student_pruned plots/train/student_pruned metrics/prune/student_pruned.json
 
-Importance, uniform/global ratio, one-shot or iterative (a KD fine-tune after every step) and
-the fine-tune budget come from params `prune` (see lib/pruning). The stem and the classifier
+Importance, uniform/global ratio, one-shot or iterative (a KD fine-tune after every step), the
+fine-tune budget and whose logits it distils (`kd_from`) come from params `prune` (see lib/pruning). The stem and the classifier
 are never pruned. `prune_sweep` runs the same with the ratio given on the command line.
 """
 
@@ -49,7 +49,8 @@ def run(p, sec, args):
     distributed.launch(p["train"]["processes"])
     size = p["base"]["image_size"]
     student, card = models.load(args.student)
-    teacher, _ = training.frozen_teacher(args.teacher)
+    # KD target of the fine-tunes: the fine-tuned teacher, or a frozen copy of the unpruned model (the parent)
+    teacher, _ = training.frozen_teacher(args.teacher if sec["kd_from"] == "teacher" else args.student)
     train_xy = data.load_split(args.data_dir, "train", size)
     val_xy = data.load_split(args.data_dir, "val", size)
     n_calib = 16 * sec["taylor_batches"]
@@ -72,7 +73,7 @@ def run(p, sec, args):
     if not distributed.is_main():
         return  # rank 0 writes the outputs
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
-    setting = {k: sec[k] for k in ("ratio", "importance", "scope", "max_ratio", "iterative_steps", "epochs")}
+    setting = {k: sec[k] for k in ("ratio", "importance", "scope", "max_ratio", "iterative_steps", "epochs", "kd_from")}
     setting["source_model"] = Path(args.student).parent.name  # the unpruned model it is compared with
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})
     write_json(args.metrics, {**setting, **stats, **best, "val_auroc_per_step": [h["val_auroc"] for h in history],

@@ -17,7 +17,7 @@ SIZE = 64
 
 def config(**kw):
     cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.4, "max_ratio": 0.8, "iterative_steps": 1,
-           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1}  # fmt: skip
+           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "kd_from": "teacher", "taylor_batches": 1}  # fmt: skip
     return {**cfg, **kw}
 
 
@@ -116,6 +116,7 @@ def prune_section(root):
     [
         ("importance", "l3", r"prune\.importance='l3'.*\['bn_scale', 'l1', 'l2', 'lamp', 'random', 'taylor'\]"),
         ("scope", "layerwise", r"prune\.scope='layerwise'.*\['global', 'uniform'\]"),
+        ("kd_from", "student", r"prune\.kd_from='student'.*\['parent', 'teacher'\]"),
         ("ratio", 1.0, r"prune\.ratio=1\.0.*\[0, 1\)"),
         ("ratio", "half", r"prune\.ratio='half'.*\[0, 1\)"),
         ("max_ratio", 1.0, r"prune\.max_ratio=1\.0.*\(0, 1\)"),

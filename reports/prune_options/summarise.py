@@ -47,7 +47,8 @@ for run in sorted(p for p in HERE.iterdir() if (p / "experiment.json").is_file()
         (
             info["name"],
             ", ".join(f"`prune.{k}={v}`" for k, v in changed.items()) or "defaults",
-            f"{prune['importance']} / {prune['scope']} / {prune['iterative_steps']} / {prune['epochs']}",
+            f"{prune['importance']} / {prune['scope']} / {prune['iterative_steps']} / {prune['epochs']} / "
+            f"{prune.get('kd_from', 'teacher')}",  # experiments before prune.kd_from distilled the teacher
             f"{prune['macs_after_m']:.1f} (-{100 * cut:.0f} %)",
             f"{prune['train_minutes']:.1f}",
             f"{prune['val_auroc']:.3f}",
@@ -84,7 +85,7 @@ lines = [
     "are wall time on the 2-core machine, and some of these experiments shared it with other jobs, so read them as",
     "an upper bound, not as the cost of the knob.",
     "",
-    "| experiment | changed | importance / scope / steps / epochs | MACs (M) | fine-tune min | val AUROC "
+    "| experiment | changed | importance / scope / steps / epochs / KD from | MACs (M) | fine-tune min | val AUROC "
     "| test AUROC | Δ AUROC (pt) | Δ FPR@95 % recall (pt) | target |",
     "|---|---|---|---|---|---|---|---|---|---|",
 ]

@@ -31,12 +31,14 @@ IMPORTANCE = {
     "random": lambda: tp.importance.RandomImportance(),  # control: shows whether the criterion matters
 }
 SCOPES = ("uniform", "global")
+KD_SOURCES = ("teacher", "parent")  # whose logits the fine-tune distils: the fine-tuned teacher or the unpruned model
 
 
 def check(sec, key="prune"):
     """Stop on a bad `prune` section before any work, naming the key, the value and what is allowed."""
     params.check_choice(f"{key}.importance", sec["importance"], set(IMPORTANCE))
     params.check_choice(f"{key}.scope", sec["scope"], set(SCOPES))
+    params.check_choice(f"{key}.kd_from", sec["kd_from"], set(KD_SOURCES))
     params.check_range(f"{key}.ratio", sec["ratio"], 0, 1, hi_inclusive=False)
     params.check_range(f"{key}.max_ratio", sec["max_ratio"], 0, 1, lo_inclusive=False, hi_inclusive=False)
     if sec["scope"] == "global" and sec["max_ratio"] < sec["ratio"]:

@@ -49,6 +49,7 @@ SCHEMA = {
         "iterative_steps": int,
         "epochs": int,
         "lr_scale": float,
+        "kd_from": {"teacher", "parent"},
         "round_to": int,
         "taylor_batches": int,
         "sweep": list[int],
