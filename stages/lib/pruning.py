@@ -77,8 +77,12 @@ def count(model, image_size):
 
 
 def build_pruner(model, image_size, cfg):
-    """A MetaPruner for `cfg` (a `prune` section): importance, uniform/global ratio, iterative steps."""
+    """A MetaPruner for `cfg` (a `prune` section): importance, uniform/global ratio, iterative steps.
+
+    Hybrids (MobileViT: convs around transformer blocks) lose conv channels and MLP width; their attention
+    projections are kept whole."""
     glob = cfg["scope"] == "global"
+    attns = attention_layers(model)
     return tp.pruner.MetaPruner(
         model,
         torch.rand(1, 3, image_size, image_size),
@@ -88,7 +92,8 @@ def build_pruner(model, image_size, cfg):
         isomorphic=glob,  # global ranking only among groups of the same structure (Fang et al. 2024)
         max_pruning_ratio=cfg["max_ratio"] if glob else 1.0,
         iterative_steps=cfg["iterative_steps"],
-        ignored_layers=protected_layers(model),
+        ignored_layers=protected_layers(model) + [layer for m in attns for layer in (m.qkv, m.proj)],
+        num_heads={m.qkv: m.num_heads for m in attns},
         round_to=cfg["round_to"],
     )
 
@@ -102,21 +107,39 @@ def taylor_gradients(model, calib, batch_size=16):
         F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size], reduction="sum").backward()
 
 
+def check_for_model(sec, model, key="prune"):
+    """What the model family cannot do, refused before any work: ViTs have no BatchNorm scales to rank."""
+    if attention_layers(model) and sec["importance"] == "bn_scale":
+        raise params.ParamError(f"{key}.importance='bn_scale' ranks BatchNorm scales, which a ViT has none of; "
+                                f"expected one of {sorted(set(IMPORTANCE) - {'bn_scale'})}")  # fmt: skip
+
+
+def attention_layers(model):
+    """timm ViT attention blocks (empty for CNNs): their heads are pruned whole."""
+    from timm.models.vision_transformer import Attention
+
+    return [m for m in model.modules() if isinstance(m, Attention)]
+
+
 def prune_structured(model, image_size, cfg, finetune=None, calib=None):
     """Prune `model` in place by `cfg`; `finetune(model, step, epochs)` runs after every step.
 
     One-shot is iterative_steps=1; with k steps the ratio grows linearly to the same final
     ratio, with a fine-tune between steps. `calib` (x float, y) is needed for Taylor importance.
-    Returns (model, MACs/params before and after).
+    CNNs lose `ratio` of their channels; ViTs `ratio` of their attention heads (whole heads) and
+    MLP hidden units. Returns (model, MACs/params before and after).
     """
     if cfg["importance"] == "taylor" and calib is None:
         raise ValueError("taylor importance needs calibration images (calib=(x, y))")
     macs_before, params_before = count(model, image_size)
-    pruner = build_pruner(model.eval(), image_size, cfg)
+    attns = attention_layers(model)
+    is_vit = bool(attns) and hasattr(model.net, "patch_embed")  # hybrids (MobileViT) are pruned like CNNs
+    pruner = (build_vit_pruner if is_vit else build_pruner)(model.eval(), image_size, cfg)
     for step, epochs in enumerate(epochs_per_step(cfg["epochs"], cfg["iterative_steps"])):
         if cfg["importance"] == "taylor":
             taylor_gradients(model, calib)
         pruner.step()
+        sync_heads(pruner, attns)
         model.zero_grad(set_to_none=True)
         macs, _ = count(model, image_size)
         log.info("step %d/%d (%s, %s): MACs %.1fM -> %.1fM", step + 1, cfg["iterative_steps"], cfg["importance"],
@@ -144,18 +167,16 @@ def prune_channels(model, ratio, image_size, round_to=8, importance="l2"):
     return prune_structured(model, image_size, cfg)
 
 
-def prune_vit(model, image_size, head_ratio, mlp_ratio, importance="l2", round_to=8):
-    """Remove `head_ratio` of the attention heads (whole heads, head_dim kept) and `mlp_ratio` of the
-    MLP hidden units of a timm ViT inside a Classifier, in place. Returns (model, stats).
+def build_vit_pruner(model, image_size, cfg, head_ratio=None):
+    """A MetaPruner for a timm ViT: `head_ratio` (default cfg ratio) of the attention heads (whole heads,
+    head_dim kept, never every head) and cfg ratio of the MLP hidden units; the residual width is kept.
 
-    Torch-Pruning removes heads only while it prunes channels: mlp_ratio must be > 0."""
-    if not 0 < mlp_ratio < 1:
-        raise ValueError(f"mlp_ratio={mlp_ratio!r}; expected a number in (0, 1)")
-    from timm.models.vision_transformer import Attention
-
-    net = model.net
-    attns = [m for m in net.modules() if isinstance(m, Attention)]
-    macs_before, params_before = count(model, image_size)
+    Torch-Pruning removes heads only while it prunes channels: the MLP ratio must be > 0."""
+    ratio = cfg["ratio"]
+    head_ratio = ratio if head_ratio is None else head_ratio
+    if not 0 < ratio < 1:
+        raise ValueError(f"ViT MLP ratio={ratio!r}; expected a number in (0, 1)")
+    net, attns = model.net, attention_layers(model)
     # Torch-Pruning removes ceil(ratio * heads) heads; pass a ratio that removes floor(head_ratio * heads),
     # never all of them.
     heads = attns[0].num_heads
@@ -164,20 +185,40 @@ def prune_vit(model, image_size, head_ratio, mlp_ratio, importance="l2", round_t
     # leaves only the heads (qkv out, proj in) and the MLP hidden width (fc1 out, fc2 in) prunable.
     writers = [net.patch_embed.proj, net.get_classifier()]
     writers += [m.proj for m in attns] + [b.mlp.fc2 for b in net.blocks]
-    pruner = tp.pruner.MetaPruner(
+    glob = cfg["scope"] == "global"
+    return tp.pruner.MetaPruner(
         model,
         torch.rand(1, 3, image_size, image_size),
-        importance=IMPORTANCE[importance](),
-        pruning_ratio=mlp_ratio,
+        importance=IMPORTANCE[cfg["importance"]](),
+        pruning_ratio=ratio,
+        global_pruning=glob,
+        isomorphic=glob,
+        max_pruning_ratio=cfg["max_ratio"] if glob else 1.0,
+        iterative_steps=cfg["iterative_steps"],
         num_heads={m.qkv: m.num_heads for m in attns},
         prune_num_heads=True,
         prune_head_dims=False,
         head_pruning_ratio=(removed - 0.5) / heads if removed else 0.0,
         ignored_layers=writers,
-        round_to=round_to,
+        round_to=cfg["round_to"],
     )
-    pruner.step()
-    for m in attns:  # timm's forward reshapes with these attributes
+
+
+def sync_heads(pruner, attns):
+    """timm's attention forward reshapes with num_heads and attn_dim: set them to what is left."""
+    for m in attns:
         m.num_heads = pruner.num_heads[m.qkv]
         m.attn_dim = m.num_heads * m.head_dim
+
+
+def prune_vit(model, image_size, head_ratio, mlp_ratio, importance="l2", round_to=8):
+    """One shot, no fine-tune: `head_ratio` of the heads and `mlp_ratio` of the MLP hidden units of a timm
+    ViT inside a Classifier, in place. Returns (model, stats)."""
+    cfg = {"importance": importance, "scope": "uniform", "ratio": mlp_ratio, "max_ratio": 0.9, "iterative_steps": 1,
+           "round_to": round_to, "epochs": 0}  # fmt: skip
+    macs_before, params_before = count(model, image_size)
+    attns = attention_layers(model)
+    pruner = build_vit_pruner(model.eval(), image_size, cfg, head_ratio)
+    pruner.step()
+    sync_heads(pruner, attns)
     return model.eval(), stats(macs_before, params_before, *count(model, image_size))

@@ -45,7 +45,7 @@ WEIGHT_TYPES = ACTIVATION_TYPES
 def export_onnx(model, path, image_size, opset=18):
     """FP32 ONNX with a dynamic batch axis; input 'image' (N,3,S,S) in [0,1], output 'logits'."""
     model.eval()
-    example = (torch.rand(1, 3, image_size, image_size),)
+    example = (torch.rand(2, 3, image_size, image_size),)  # not 1: torch.export specialises size-1 dims (ConvNeXt)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -50,6 +50,7 @@ SCHEMA = {
         "epochs": int,
         "lr_scale": float,
         "kd_from": {"teacher", "parent"},
+        "source": {"student_kd", "student", "teacher"},
         "round_to": int,
         "taylor_batches": int,
         "sweep": list[int],

@@ -223,7 +223,7 @@ def run(stage, p, data_dir, out_dir, live_dir, metrics_path, model_name, weights
     val_xy = data.load_split(data_dir, "val", size)
     log.info("%s: %d train / %d val images at %dx%d", stage, len(train_xy[0]), len(val_xy[0]), size, size)
     classes = data.read_info(data_dir)["classes"]
-    model = models.pretrained(model_name, weights, num_classes=len(classes))
+    model = models.pretrained(model_name, weights, num_classes=len(classes), image_size=size)
     start = time.perf_counter()
     model, best = fit(model, train_xy, val_xy, p["train"], live_dir, base, teacher, kd)
     minutes = (time.perf_counter() - start) / 60

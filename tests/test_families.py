@@ -1,0 +1,144 @@
+"""The model families beyond the default EfficientNet-Lite pair, at the pipeline's input size.
+
+Hub families are built here from random initialisation (tests download nothing); each takes timm's
+preprocessing, trains one step, exports to ONNX, quantizes with its family's INT8 recipe and prunes.
+ViT-Tiny's real weights (../shared) check the position-embedding resampling at another input size.
+"""
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from stages.lib import models, pruning, quantization, recipes, runtime
+from tests.conftest import SHARED
+
+SIZE = 64  # a tiny profile: 4x4 patches of 16 px for the ViTs, 2x2 final maps for the CNNs
+HUB = [
+    "vit_base_patch16_224",
+    "vit_small_patch16_224",
+    "deit_small_patch16_224",
+    "mobilevit_s",
+    "convnext_base",
+    "convnext_tiny",
+    "efficientnet_b0",
+]
+VIT_TINY = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
+PRUNE = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6, "iterative_steps": 1,
+         "round_to": 8, "epochs": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", HUB)
+def test_hub_family_builds_trains_exports_quantizes_and_prunes(name, tmp_path):
+    torch.manual_seed(0)
+    model = models.build(name, 2, image_size=SIZE)
+    cfg = timm.models.get_pretrained_cfg(name)  # what weights=timm would bring: mean, std, interpolation
+    card = models.make_card(name, "timm", SIZE, model, ["good", "defect"])
+    np.testing.assert_allclose(card["mean"], cfg.mean, rtol=1e-6)
+    np.testing.assert_allclose(card["std"], cfg.std, rtol=1e-6)
+    assert card["pretrained_interpolation"] == cfg.interpolation and card["interpolation"] == "bilinear"
+
+    x, y = torch.rand(4, 3, SIZE, SIZE), torch.tensor([0, 1, 0, 1])
+    head = model.net.get_classifier().weight.detach().clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = torch.nn.functional.cross_entropy(model.train()(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(head, model.net.get_classifier().weight)
+    model.eval()
+
+    fp32 = quantization.export_onnx(model, tmp_path / "fp32.onnx", SIZE)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(runtime.load_runner(fp32, "onnxruntime", 2)(x.numpy()), ref, rtol=1e-3, atol=1e-3)
+
+    setting = recipes.resolve({"op_types": "auto"}, name, {"cpu_vnni": True})
+    assert setting["op_types"] == ("vit_safe" if recipes.is_transformer(name) else "all")
+    int8 = quantization.quantize_static_qdq(fp32, tmp_path / "int8.onnx", x.numpy(),
+                                            op_types=recipes.op_types(setting["op_types"]))  # fmt: skip
+    int8_ops = set(quantization.int8_nodes(int8).values())
+    assert int8_ops and (not recipes.is_transformer(name) or int8_ops <= set(recipes.VIT_SAFE_OPS))
+    out = runtime.load_runner(int8, "onnxruntime", 2)(x.numpy())
+    assert out.shape == (4, 2) and np.isfinite(out).all()
+
+    before = models.param_count(model)
+    pruned, stats = pruning.prune_structured(model, SIZE, PRUNE)
+    assert models.param_count(pruned) < before and stats["macs_after_m"] < stats["macs_before_m"]
+    assert pruned(x).shape == (4, 2)
+
+
+def test_card_records_timm_preprocessing_for_the_default_pair():
+    for name in ("tf_efficientnet_lite0", "tf_efficientnet_lite2"):
+        card = models.make_card(name, "pypi", SIZE, models.build(name, 2), ["good", "defect"])
+        assert card["mean"] == [0.5] * 3 and card["pretrained_interpolation"] == "bicubic"
+
+
+def test_vit_at_another_input_size_resamples_the_position_embedding(tmp_path):
+    if not VIT_TINY.is_file():
+        pytest.skip(f"ViT-Tiny weights not found at {VIT_TINY} (../shared is optional)")
+    model = models.pretrained("vit_tiny_patch16_224", str(VIT_TINY), num_classes=1000, image_size=128)
+    assert model.net.pos_embed.shape == (1, 1 + 8 * 8, 192)  # class token + 8x8 patches of 16 px
+    card = models.make_card("vit_tiny_patch16_224", str(VIT_TINY), 128, model, [str(i) for i in range(1000)])
+    assert card["adapted_to_input"] == {"pos_embed": {"from_grid": [14, 14], "to_grid": [8, 8], "method": "bicubic"}}
+
+    # The resampled embedding still knows where things are: the same photo at 128 px gives logits that agree
+    # with the 224 px model's better than those of the same weights with the patch positions shuffled.
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("china.jpg")
+    full = models.pretrained("vit_tiny_patch16_224", str(VIT_TINY), num_classes=1000, image_size=224).eval()
+    shuffled = models.pretrained("vit_tiny_patch16_224", str(VIT_TINY), num_classes=1000, image_size=128).eval()
+    order = torch.randperm(8 * 8, generator=torch.Generator().manual_seed(0)) + 1  # the class token stays first
+    shuffled.net.pos_embed.data[:, 1:] = shuffled.net.pos_embed.data[:, order]
+    logits = {}
+    for name, net, size in (("224", full, 224), ("128", model.eval(), 128), ("shuffled", shuffled, 128)):
+        pixels = np.asarray(Image.fromarray(photo).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+        with torch.no_grad():
+            logits[name] = net(torch.from_numpy(pixels).permute(2, 0, 1)[None])[0].numpy()
+    agree = {k: np.corrcoef(logits["224"], logits[k])[0, 1] for k in ("128", "shuffled")}
+    assert agree["128"] > 0.8 and agree["128"] > agree["shuffled"] + 0.1, agree
+    assert len(set(logits["128"].argsort()[-5:]) & set(logits["224"].argsort()[-5:])) >= 3
+
+    models.save(tmp_path, model, card)  # load() builds the model at the card's input size
+    loaded, loaded_card = models.load(tmp_path / "model.pt")
+    assert loaded.net.pos_embed.shape == model.net.pos_embed.shape and loaded_card["input_size"] == [3, 128, 128]
+
+
+def test_timm_hub_weights_record_the_resampled_grid(monkeypatch):
+    """weights=timm at 128 px: timm resamples itself (checked without a download: pretrained=False)."""
+    create = timm.create_model
+    monkeypatch.setattr(models.timm, "create_model", lambda *a, **kw: create(*a, **{**kw, "pretrained": False}))
+    model = models.pretrained("vit_small_patch16_224", "timm", num_classes=2, image_size=128)
+    assert model.adapted == {"pos_embed": {"from_grid": [14, 14], "to_grid": [8, 8], "method": "bicubic"}}
+    assert model(torch.rand(1, 3, 128, 128)).shape == (1, 2)
+
+
+def test_cnn_at_any_size_is_built_as_is():
+    model = models.pretrained("tf_efficientnet_lite0", "pypi", num_classes=2, image_size=96)
+    assert model.adapted == {} and model(torch.rand(1, 3, 96, 96)).shape == (1, 2)
+
+
+def test_bn_scale_importance_is_refused_for_a_vit():
+    model = models.build("vit_tiny_patch16_224", 2, image_size=SIZE)
+    with pytest.raises(models.ParamError, match=r"prune\.importance='bn_scale'.*ViT"):
+        pruning.check_for_model({**PRUNE, "importance": "bn_scale"}, model)
+    pruning.check_for_model(PRUNE, model)  # l2 is fine
+
+
+def test_vit_prunes_through_the_stage_path_with_a_finetune():
+    """prune_structured on a ViT: heads and MLP width go, the fine-tune callback runs on the smaller model."""
+    torch.manual_seed(0)
+    model = models.build("vit_tiny_patch16_224", 2, image_size=SIZE)
+    seen = []
+
+    def finetune(m, step, epochs):
+        seen.append((step, epochs, m.net.blocks[0].attn.num_heads))
+        return m
+
+    cfg = {**PRUNE, "ratio": 0.34, "epochs": 2}
+    pruned, stats = pruning.prune_structured(model, SIZE, cfg, finetune)
+    assert seen == [(0, 2, 2)]  # one of three heads gone before the fine-tune
+    block = pruned.net.blocks[0]
+    assert block.attn.head_dim == 64 and block.mlp.fc1.out_features < 768
+    assert pruned(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2) and stats["params_ratio"] < 0.8
