@@ -14,18 +14,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.lib import data, distributed, errors, models, params, pruning, training
+from stages.lib import data, distributed, errors, families, models, params, pruning, training
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prune")
-SECTIONS = ("base", "train", "distill", "prune")  # dvc.yaml `params:` of prune and prune_sweep
+SECTIONS = ("base", "train", "families", "distill", "prune")  # dvc.yaml `params:` of prune and prune_sweep
 
 
 def check(p, ratio=None):
     params.check_base(p["base"])
     training.check_recipe(p["train"])
+    families.check(p["families"])
     sec = {**p["prune"], "ratio": p["prune"]["ratio"] if ratio is None else ratio}
-    pruning.check(sec)
+    pruning.check(sec, fams=p["families"])
     training.check_kd("distill", p["distill"])
     return sec
 
@@ -49,7 +50,11 @@ def run(p, sec, args):
     distributed.launch(p["train"]["processes"])
     size = p["base"]["image_size"]
     student, card = models.load(args.student)
-    pruning.check_for_model(sec, student)
+    arch, auto = card["arch"], sec["importance"] == "auto"
+    sec = {**sec, "importance": families.importance(sec, p["families"], arch)}  # auto: the family's criterion
+    where = f"families.{families.family(arch)}.prune_importance" if auto else "prune.importance"
+    pruning.check_for_model(sec["importance"], student, where)
+    lr = families.lr(p["train"], p["families"], arch) * sec["lr_scale"]
     # KD target of the fine-tunes: the fine-tuned teacher, or a frozen copy of the unpruned model (the parent)
     teacher, _ = training.frozen_teacher(args.teacher if sec["kd_from"] == "teacher" else args.student)
     train_xy = data.load_split(args.data_dir, "train", size)
@@ -61,7 +66,7 @@ def run(p, sec, args):
 
     def finetune(model, step, epochs):
         # Recover with the distillation loss at a lower LR; only the last fine-tune's curves are kept.
-        recipe = {**p["train"], "epochs": epochs, "lr": p["train"]["lr"] * sec["lr_scale"]}
+        recipe = {**p["train"], "epochs": epochs, "lr": lr}
         with tempfile.TemporaryDirectory() as scratch:
             live = args.live_dir if step == steps - 1 else scratch
             model, best = training.fit(model, train_xy, val_xy, recipe, live, p["base"], teacher, p["distill"])
@@ -76,6 +81,7 @@ def run(p, sec, args):
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
     setting = {k: sec[k] for k in ("ratio", "importance", "scope", "max_ratio", "iterative_steps", "epochs", "kd_from")}
     setting["source_model"] = Path(args.student).parent.name  # the unpruned model it is compared with
+    setting["lr"] = lr
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})
     write_json(args.metrics, {**setting, **stats, **best, "val_auroc_per_step": [h["val_auroc"] for h in history],
                               "param_count": card["param_count"], "train_minutes": round(minutes, 2)})  # fmt: skip

@@ -16,16 +16,17 @@ import argparse
 import logging
 import time
 
-from stages.lib import data, distributed, errors, models, params, sparsity, training
+from stages.lib import data, distributed, errors, families, models, params, sparsity, training
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("sparsify")
-SECTIONS = ("base", "train", "distill", "sparsify")
+SECTIONS = ("base", "train", "families", "distill", "sparsify")
 
 
 def check(p, name):
     params.check_base(p["base"])
     training.check_recipe(p["train"])
+    families.check(p["families"])
     training.check_kd("distill", p["distill"])
     sec = p["sparsify"]
     if name not in (sec["models"] or {}):
@@ -61,7 +62,8 @@ def main():
     log.info("%s: %s masks on %d layers, %.1f%% of their weights zero", args.name, spec["pattern"], len(masks),
              100 * sparsity.sparsity_stats(student, masks)["sparsity_target_layers"])  # fmt: skip
 
-    recipe = {**p["train"], "epochs": sec["epochs"], "lr": p["train"]["lr"] * sec["lr_scale"]}
+    lr = families.lr(p["train"], p["families"], card["arch"]) * sec["lr_scale"]
+    recipe = {**p["train"], "epochs": sec["epochs"], "lr": lr}
     train_xy = data.load_split(args.data_dir, "train", size)
     val_xy = data.load_split(args.data_dir, "val", size)
     start = time.perf_counter()
@@ -77,7 +79,7 @@ def main():
         stats["gpu_2_4"] = sparsity.time_semi_structured(student)
     stats["note"] = "dense kernels on CPU (PyTorch, ONNX Runtime) do not exploit this sparsity: same latency and file"
     card = models.save(args.out_dir, student, {**card, **best, "sparsified": {**spec, **stats}})
-    write_json(args.metrics, {**spec, **stats, **best, "param_count": card["param_count"],
+    write_json(args.metrics, {**spec, **stats, **best, "lr": lr, "param_count": card["param_count"],
                               "train_minutes": round(minutes, 2)})  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from stages.lib import models, pruning, quantization, recipes, runtime
+from stages.lib import families, models, pruning, quantization, recipes, runtime, training
 from tests.conftest import SHARED
 
 SIZE = 64  # a tiny profile: 4x4 patches of 16 px for the ViTs, 2x2 final maps for the CNNs
@@ -53,11 +53,11 @@ def test_hub_family_builds_trains_exports_quantizes_and_prunes(name, tmp_path):
     np.testing.assert_allclose(runtime.load_runner(fp32, "onnxruntime", 2)(x.numpy()), ref, rtol=1e-3, atol=1e-3)
 
     setting = recipes.resolve({"op_types": "auto"}, name, {"cpu_vnni": True})
-    assert setting["op_types"] == ("vit_safe" if recipes.is_transformer(name) else "all")
+    assert setting["op_types"] == ("vit_safe" if families.is_transformer(name) else "all")
     int8 = quantization.quantize_static_qdq(fp32, tmp_path / "int8.onnx", x.numpy(),
                                             op_types=recipes.op_types(setting["op_types"]))  # fmt: skip
     int8_ops = set(quantization.int8_nodes(int8).values())
-    assert int8_ops and (not recipes.is_transformer(name) or int8_ops <= set(recipes.VIT_SAFE_OPS))
+    assert int8_ops and (not families.is_transformer(name) or int8_ops <= set(recipes.VIT_SAFE_OPS))
     out = runtime.load_runner(int8, "onnxruntime", 2)(x.numpy())
     assert out.shape == (4, 2) and np.isfinite(out).all()
 
@@ -122,8 +122,11 @@ def test_cnn_at_any_size_is_built_as_is():
 def test_bn_scale_importance_is_refused_for_a_vit():
     model = models.build("vit_tiny_patch16_224", 2, image_size=SIZE)
     with pytest.raises(models.ParamError, match=r"prune\.importance='bn_scale'.*ViT"):
-        pruning.check_for_model({**PRUNE, "importance": "bn_scale"}, model)
-    pruning.check_for_model(PRUNE, model)  # l2 is fine
+        pruning.check_for_model("bn_scale", model)
+    where = "families.transformer.prune_importance"  # how the stage names it when prune.importance is auto
+    with pytest.raises(models.ParamError, match=rf"^{where}='bn_scale'"):
+        pruning.check_for_model("bn_scale", model, where)
+    pruning.check_for_model("l2", model)  # l2 is fine
 
 
 def test_vit_prunes_through_the_stage_path_with_a_finetune():
@@ -142,3 +145,47 @@ def test_vit_prunes_through_the_stage_path_with_a_finetune():
     block = pruned.net.blocks[0]
     assert block.attn.head_dim == 64 and block.mlp.fc1.out_features < 768
     assert pruned(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2) and stats["params_ratio"] < 0.8
+
+
+FAMILIES = {"cnn": {"lr": 0.001, "prune_importance": "l2"}, "transformer": {"lr": 0.0001, "prune_importance": "taylor"}}
+
+
+@pytest.mark.parametrize(
+    "arch,family", [("vit_tiny_patch16_224", "transformer"), ("deit_small_patch16_224", "transformer"),
+                    ("mobilevit_s", "transformer"), ("convnext_tiny", "cnn"), ("mobileone_s0", "cnn"),
+                    ("tf_efficientnet_lite0", "cnn")],
+)  # fmt: skip
+def test_auto_knobs_take_the_family_value_and_a_given_value_wins(arch, family):
+    assert families.family(arch) == family
+    assert families.lr({"lr": "auto"}, FAMILIES, arch) == FAMILIES[family]["lr"]
+    assert families.lr({"lr": 0.02}, FAMILIES, arch) == 0.02
+    assert families.importance({"importance": "auto"}, FAMILIES, arch) == FAMILIES[family]["prune_importance"]
+    assert families.importance({"importance": "random"}, FAMILIES, arch) == "random"
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (("transformer", "lr", 0), r"families\.transformer\.lr=0 is out of range"),
+        (("cnn", "learning_rate", 0.1), r"families\.cnn\.learning_rate is not a known key"),
+        (("cnn", "prune_importance", "magic"), r"families\.cnn\.prune_importance='magic' is not allowed"),
+    ],
+)
+def test_bad_family_values_are_named(change, message):
+    fams = {name: dict(values) for name, values in FAMILIES.items()}
+    family, key, value = change
+    fams[family][key] = value
+    prune = {"importance": "auto", "scope": "uniform", "kd_from": "teacher", "ratio": 0.25, "max_ratio": 0.6,
+             "iterative_steps": 1, "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1}  # fmt: skip
+    with pytest.raises(models.ParamError, match=message):
+        families.check(fams)
+        pruning.check(prune, fams=fams)
+
+
+def test_train_lr_takes_auto_or_a_number():
+    recipe = {"epochs": 1, "batch_size": 8, "lr": "auto", "weight_decay": 0.0, "processes": 1}
+    training.check_recipe(recipe)
+    with pytest.raises(models.ParamError, match=r"train\.lr='fast' is not allowed; expected 'auto'"):
+        training.check_recipe({**recipe, "lr": "fast"})
+    with pytest.raises(models.ParamError, match=r"train\.lr=2 is out of range"):
+        training.check_recipe({**recipe, "lr": 2})

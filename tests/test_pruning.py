@@ -114,7 +114,7 @@ def prune_section(root):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("importance", "l3", r"prune\.importance='l3'.*\['bn_scale', 'l1', 'l2', 'lamp', 'random', 'taylor'\]"),
+        ("importance", "l3", r"prune\.importance='l3'.*\['auto', 'bn_scale', 'l1', 'l2', 'lamp', 'random', 'taylor'\]"),
         ("scope", "layerwise", r"prune\.scope='layerwise'.*\['global', 'uniform'\]"),
         ("kd_from", "student", r"prune\.kd_from='student'.*\['parent', 'teacher'\]"),
         ("ratio", 1.0, r"prune\.ratio=1\.0.*\[0, 1\)"),

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from stages.lib import models, quantization, recipes, runtime
+from stages.lib import families, models, quantization, recipes, runtime
 from tests.conftest import SHARED
 from tests.test_quantization import crops
 
@@ -42,7 +42,7 @@ def vit(tmp_path_factory):
 
 def test_vit_safe_int8_keeps_softmax_layernorm_gelu_add_float_and_agrees_at_least_as_well(vit):
     fp32, folder = vit
-    assert recipes.is_transformer("vit_tiny_patch16_224") and not recipes.is_transformer("tf_efficientnet_lite0")
+    assert families.is_transformer("vit_tiny_patch16_224") and not families.is_transformer("tf_efficientnet_lite0")
     calib, x = crops(16, SIZE, seed=0), crops(48, SIZE, seed=5)
     safe_ops = recipes.op_types(
         recipes.resolve({"op_types": "auto"}, "vit_tiny_patch16_224", {"cpu_vnni": True})["op_types"]

@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from stages.lib import errors
+from stages.lib import errors, reparam
 from stages.lib.outputs import atomic, write_json
 from stages.lib.params import ParamError
 
@@ -108,6 +108,8 @@ def pretrained(name, weights, num_classes, image_size=None):
         model.net.load_state_dict(convert_efficientnet_pytorch(state, model.net.state_dict()))
     else:
         state = _read_weights(weights)
+        if reparam.is_fused_state(state):  # a deployed (re-parameterised) checkpoint: load it into the fused form
+            reparam.fuse(model)
         model.adapted = resample_pos_embed(state, model.net)
         model.net.load_state_dict(state)
     if num_classes != 1000:
@@ -208,6 +210,8 @@ def load(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         card, state, attributes = ckpt["card"], ckpt["state"], ckpt["attributes"]
         model = build(card["arch"], num_classes=len(card["classes"]), image_size=card["input_size"][-1])
+        if card.get("reparameterized"):  # saved in its fused (deployed) form
+            reparam.fuse(model)
         _restore(model, state, attributes)
     except pickle.UnpicklingError as e:  # modules pickled by an older `save`: dvc repro rewrites the file
         raise errors.damaged(path, "an older format with pickled modules, which weights_only=True refuses") from e
@@ -250,5 +254,7 @@ def make_card(name, weights, image_size, model, classes):
         "interpolation": "bilinear",
         "pretrained_interpolation": model.net.pretrained_cfg.get("interpolation", "bilinear"),
     }
+    if reparam.blocks(model.net):  # MobileOne: saved fused, the form that is exported and deployed
+        card["reparameterized"] = reparam.is_fused(model.net)
     adapted = getattr(model, "adapted", None)
     return {**card, "adapted_to_input": adapted} if adapted else card

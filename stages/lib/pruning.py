@@ -34,9 +34,12 @@ SCOPES = ("uniform", "global")
 KD_SOURCES = ("teacher", "parent")  # whose logits the fine-tune distils: the fine-tuned teacher or the unpruned model
 
 
-def check(sec, key="prune"):
-    """Stop on a bad `prune` section before any work, naming the key, the value and what is allowed."""
-    params.check_choice(f"{key}.importance", sec["importance"], set(IMPORTANCE))
+def check(sec, key="prune", fams=None):
+    """Stop on a bad `prune` section (and the families' importances) before any work, naming the key, the
+    value and what is allowed. importance `auto` is the model family's (params families, lib/families.py)."""
+    params.check_choice(f"{key}.importance", sec["importance"], set(IMPORTANCE) | {"auto"})
+    for name, fam in (fams or {}).items():
+        params.check_choice(f"families.{name}.prune_importance", fam["prune_importance"], set(IMPORTANCE))
     params.check_choice(f"{key}.scope", sec["scope"], set(SCOPES))
     params.check_choice(f"{key}.kd_from", sec["kd_from"], set(KD_SOURCES))
     params.check_range(f"{key}.ratio", sec["ratio"], 0, 1, hi_inclusive=False)
@@ -107,10 +110,10 @@ def taylor_gradients(model, calib, batch_size=16):
         F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size], reduction="sum").backward()
 
 
-def check_for_model(sec, model, key="prune"):
+def check_for_model(importance, model, key="prune.importance"):
     """What the model family cannot do, refused before any work: ViTs have no BatchNorm scales to rank."""
-    if attention_layers(model) and sec["importance"] == "bn_scale":
-        raise params.ParamError(f"{key}.importance='bn_scale' ranks BatchNorm scales, which a ViT has none of; "
+    if attention_layers(model) and importance == "bn_scale":
+        raise params.ParamError(f"{key}='bn_scale' ranks BatchNorm scales, which a ViT has none of; "
                                 f"expected one of {sorted(set(IMPORTANCE) - {'bn_scale'})}")  # fmt: skip
 
 

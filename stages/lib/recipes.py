@@ -10,6 +10,7 @@ for the model family (transformers get ViT-safe op types).
 
 from pathlib import Path
 
+from stages.lib.families import is_transformer
 from stages.lib.params import ParamError, check_choice, check_int
 
 BOOL = {True, False}
@@ -44,8 +45,6 @@ RUNTIME = {"torch": "torch", "onnx_fp32": "onnxruntime", "onnx_fp16": "onnxrunti
 # ViT-safe INT8: only the matrix multiplies are quantized. Softmax, LayerNorm, GELU and the residual
 # Adds stay float: their outputs have outliers that one INT8 scale per tensor cannot hold.
 VIT_SAFE_OPS = ["MatMul", "Gemm", "Conv"]
-TRANSFORMER_ARCHS = ("vit", "deit", "swin", "beit", "eva", "levit", "convit", "cait", "xcit", "mobilevit",
-                     "efficientformer")  # fmt: skip
 
 CPU_FLAGS_FILE = "/proc/cpuinfo"
 
@@ -108,10 +107,6 @@ def cpu_int8_features(path=CPU_FLAGS_FILE):
         "cpu_amx_int8": "amx_int8" in flags,
         "cpu_vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
     }
-
-
-def is_transformer(arch):
-    return str(arch).lower().startswith(TRANSFORMER_ARCHS)
 
 
 def resolve(recipe, arch, cpu):

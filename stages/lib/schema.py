@@ -37,13 +37,14 @@ SCHEMA = {
         "max_images": int,
         "max_side": int | None,
     },
-    "train": {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "processes": int},
+    "train": {"epochs": int, "batch_size": int, "lr": float | str, "weight_decay": float, "processes": int},  # lr: auto
+    "families": {"cnn": dict, "transformer": dict},  # each: lib/families.py
     "finetune_teacher": {"model": str, "weights": str},
     "train_student": {"model": str, "weights": str},
     "distill": {"temperature": float, "alpha": float},
     "prune": {
         "ratio": float,
-        "importance": str,  # the criteria are checked by lib/pruning.py (IMPORTANCE)
+        "importance": str,  # the criteria (or auto) are checked by lib/pruning.py (IMPORTANCE)
         "scope": {"uniform", "global"},
         "max_ratio": float,
         "iterative_steps": int,

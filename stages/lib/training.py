@@ -18,16 +18,17 @@ from dvclive import Live
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from stages.lib import checkpoints, data, distributed, models, params
+from stages.lib import checkpoints, data, distributed, families, models, params, reparam
 from stages.lib.outputs import write_json
 
 log = logging.getLogger(__name__)
+UNFUSE_IMAGES = 64  # training images on which an unfused block's BatchNorm is set (reparam.unfuse)
 
 
 def check_recipe(train):
     params.check_int("train.epochs", train["epochs"], 1)
     params.check_int("train.batch_size", train["batch_size"], 1)
-    params.check_range("train.lr", train["lr"], 0, 1, lo_inclusive=False)
+    families.check_auto("train.lr", train["lr"], lambda k, v: params.check_range(k, v, 0, 1, lo_inclusive=False))
     params.check_range("train.weight_decay", train["weight_decay"], 0, 1)
     params.check_int("train.processes", train["processes"], 1)
     return train
@@ -196,9 +197,10 @@ def supervised_main(stage, doc, model_section=None, distill=False):
     parser.add_argument("metrics")
     args = parser.parse_args()
     model_section = model_section or stage
-    p = params.load("base", "train", model_section, *([stage] if distill else []))
+    p = params.load("base", "train", "families", model_section, *([stage] if distill else []))
     params.check_base(p["base"])
     check_recipe(p["train"])
+    families.check(p["families"])
     spec = p[model_section]
     models.check_spec(model_section, spec["model"], spec["weights"])
     if distill:
@@ -224,10 +226,18 @@ def run(stage, p, data_dir, out_dir, live_dir, metrics_path, model_name, weights
     log.info("%s: %d train / %d val images at %dx%d", stage, len(train_xy[0]), len(val_xy[0]), size, size)
     classes = data.read_info(data_dir)["classes"]
     model = models.pretrained(model_name, weights, num_classes=len(classes), image_size=size)
+    if reparam.is_fused(model.net):  # a deployed-form checkpoint (MobileOne): train the multi-branch form from it
+        multi = models.build(model_name, num_classes=len(classes), image_size=size)
+        model = reparam.unfuse(model, multi, data.to_float(train_xy[0][:UNFUSE_IMAGES]))
+        log.info("%s: fused checkpoint unfused into %d multi-branch blocks", model_name, len(reparam.blocks(model.net)))
+    recipe = {**p["train"], "lr": families.lr(p["train"], p["families"], model_name)}
+    log.info("%s (%s family): peak LR %g", model_name, families.family(model_name), recipe["lr"])
     start = time.perf_counter()
-    model, best = fit(model, train_xy, val_xy, p["train"], live_dir, base, teacher, kd)
+    model, best = fit(model, train_xy, val_xy, recipe, live_dir, base, teacher, kd)
     minutes = (time.perf_counter() - start) / 60
+    model = reparam.fuse(model)  # MobileOne is saved, exported and deployed fused; other models are unchanged
     if not distributed.is_main():
         return  # rank 0 writes the outputs
     card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, classes), **best})
-    write_json(metrics_path, {**best, "param_count": card["param_count"], "train_minutes": round(minutes, 2)})
+    write_json(metrics_path, {**best, "lr": recipe["lr"], "param_count": card["param_count"],
+                              "train_minutes": round(minutes, 2)})  # fmt: skip
