@@ -14,15 +14,16 @@ from stages.lib import families, models, pruning, quantization, recipes, runtime
 from tests.conftest import SHARED
 
 SIZE = 64  # a tiny profile: 4x4 patches of 16 px for the ViTs, 2x2 final maps for the CNNs
-HUB = [
-    "vit_base_patch16_224",
-    "vit_small_patch16_224",
-    "deit_small_patch16_224",
-    "mobilevit_s",
-    "convnext_base",
-    "convnext_tiny",
-    "efficientnet_b0",
-]
+# timm name -> model arguments of the tiny profile: the family's widths, heads and blocks, fewer blocks deep
+HUB = {
+    "vit_base_patch16_224": {"depth": 2},
+    "vit_small_patch16_224": {"depth": 2},
+    "deit_small_patch16_224": {"depth": 2},
+    "mobilevit_s": {},
+    "convnext_base": {"depths": (1, 1, 1, 1)},
+    "convnext_tiny": {"depths": (1, 1, 1, 1)},
+    "efficientnet_b0": {},
+}
 VIT_TINY = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 PRUNE = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6, "iterative_steps": 1,
          "round_to": 8, "epochs": 0}  # fmt: skip
@@ -31,7 +32,7 @@ PRUNE = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6
 @pytest.mark.parametrize("name", HUB)
 def test_hub_family_builds_trains_exports_quantizes_and_prunes(name, tmp_path):
     torch.manual_seed(0)
-    model = models.build(name, 2, image_size=SIZE)
+    model = models.build(name, 2, image_size=SIZE, **HUB[name])
     cfg = timm.models.get_pretrained_cfg(name)  # what weights=timm would bring: mean, std, interpolation
     card = models.make_card(name, "timm", SIZE, model, ["good", "defect"])
     np.testing.assert_allclose(card["mean"], cfg.mean, rtol=1e-6)

@@ -83,9 +83,9 @@ def create(name, image_size=None, **kw):
     return timm.create_model(name, **kw)
 
 
-def build(name, num_classes, image_size=None):
-    """An untrained Classifier with timm's preprocessing constants for `name`."""
-    net = create(name, image_size, pretrained=False, num_classes=num_classes)
+def build(name, num_classes, image_size=None, **kw):
+    """An untrained Classifier with timm's preprocessing constants for `name` (`kw`: timm model arguments)."""
+    net = create(name, image_size, pretrained=False, num_classes=num_classes, **kw)
     cfg = net.pretrained_cfg
     return Classifier(net, list(cfg["mean"]), list(cfg["std"]))
 

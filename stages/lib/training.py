@@ -239,5 +239,6 @@ def run(stage, p, data_dir, out_dir, live_dir, metrics_path, model_name, weights
     if not distributed.is_main():
         return  # rank 0 writes the outputs
     card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, classes), **best})
-    write_json(metrics_path, {**best, "lr": recipe["lr"], "param_count": card["param_count"],
+    adapted = {k: card[k] for k in ("adapted_to_input", "reparameterized") if k in card}  # ViT grid, MobileOne
+    write_json(metrics_path, {**best, "lr": recipe["lr"], **adapted, "param_count": card["param_count"],
                               "train_minutes": round(minutes, 2)})  # fmt: skip
