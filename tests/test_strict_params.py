@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from stages.lib import schema, sparsity
+from stages.lib import schema, sparsity, training
 from stages.lib.params import ParamError, load
 from tests.test_pipeline_e2e import TINY, set_params
 
@@ -147,3 +147,16 @@ def test_stage_with_a_missing_section_prints_one_line(tmp_path, root, params):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = run_stage("stages.prune", ["d", "s.pt", "t.pt", "out", "live", "m.json"], tmp_path, root)
     assert_one_line(proc, "prune: params.yaml has no section 'distill'")
+
+
+def test_exponent_floats_that_dvc_writes_are_numbers(root, tmp_path):
+    """`dvc exp run -S train.lr=0.00003` writes `lr: 3e-05` (YAML 1.2); PyYAML alone would read a string."""
+    text = (root / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(re.sub(r"(?m)^(  lr: )\S+", r"\g<1>3e-05", text, count=1))
+    assert yaml.safe_load(path.read_text())["train"]["lr"] == "3e-05"  # the pitfall
+    p = load("train", path=str(path))
+    assert p["train"]["lr"] == 3e-05
+    path.write_text(re.sub(r"(?m)^(  lr: )\S+", r"\g<1>1e", text, count=1))  # not a number: still refused
+    with pytest.raises(ParamError, match=r"train\.lr='1e' is not allowed"):
+        training.check_recipe(load("train", path=str(path))["train"])

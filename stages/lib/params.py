@@ -8,6 +8,7 @@ output is touched.
 
 import logging
 import random
+import re
 
 import numpy as np
 import yaml
@@ -18,11 +19,21 @@ from stages.lib.errors import ParamError
 log = logging.getLogger(__name__)
 
 
+class Loader(yaml.SafeLoader):
+    """YAML 1.2 numbers: `3e-05` is a float. `dvc exp run -S train.lr=0.00003` writes it so (DVC's YAML is 1.2),
+    and PyYAML's own 1.1 rules, which want a dot in the mantissa, would read it as a string."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
 def load(*sections, path="params.yaml"):
     """params.yaml as a dict, with `sections` checked against lib/schema.py."""
     try:
         with open(path) as f:
-            params = yaml.safe_load(f)
+            params = yaml.load(f, Loader=Loader)  # a SafeLoader
     except FileNotFoundError as e:
         raise ParamError(f"{path} not found; stages run from the repository root, where params.yaml lives") from e
     except yaml.YAMLError as e:
