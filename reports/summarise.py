@@ -280,7 +280,8 @@ def options_readme(folder):
     rows = []
     for exp in sorted(p.parent for p in Path(folder).glob("*/experiment.json")):
         params = yaml.safe_load((exp / "params.yaml").read_text())
-        prune = next(iter(sorted((exp / "metrics/prune").glob("*.json"))), None)
+        prune = exp / "metrics/prune/student_pruned.json"
+        prune = prune if params["prune"]["source"] == "teacher" else None  # the ViT pruned, or only fine-tuned
         m = json.loads((prune or exp / "metrics/finetune_teacher.json").read_text())
         knob = f"prune.importance={params['prune']['importance']}" if prune else f"train.lr={params['train']['lr']}"
         rows.append((("prune" if prune else "lr"), exp.name, knob, m))
@@ -304,7 +305,9 @@ def options_readme(folder):
         "  -S prune.source=teacher -S prune.ratio=0.34 -S prune.epochs=4 -S prune.importance=$imp; done",
         "```",
         "",
-        "Minutes are wall time on the 2-core machine, shared with other jobs for some experiments: an upper bound.",
+        "Minutes are wall time on the 2-core machine, shared with other jobs for some experiments: an upper bound. "
+        "`vit-lr0.00003` set its LR by editing params.yaml: the code these ran on read `-S train.lr=0.00003` (which "
+        "DVC writes as `3e-05`) as a string; lib/params.py reads YAML 1.2 floats since.",
         "",
         "| experiment | knob | best epoch | val AUROC | MACs (M) | minutes |",
         "|---|---|---|---|---|---|",
@@ -322,7 +325,10 @@ def options_readme(folder):
 def main():
     name, folder, *rest = sys.argv[1:]
     lines = KINDS[name](folder, *rest)
-    (Path(folder).parent / "README.md").write_text("\n".join(lines))
+    # a run's folder sits in its report folder; `options` is given the report folder itself
+    (Path(folder) / "README.md" if name == "options" else Path(folder).parent / "README.md").write_text(
+        "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":
