@@ -1,14 +1,14 @@
 """Write the README of a report folder from the collected run(s) in it; no number is typed by hand.
 
-    python reports/summarise.py recovery   reports/prune_recovery/exp-recovery <wall minutes>
-    python reports/summarise.py sparse     reports/sparse_study/exp-sparse <wall minutes>
-    python reports/summarise.py vit        reports/vit_tiny_teacher/exp-vit <wall minutes>
-    python reports/summarise.py mobileone  reports/mobileone/exp-mobileone <wall minutes>
+    python reports/summarise.py recovery   reports/prune_recovery/exp-recovery <wall time> [<parent run> <wall time>]
+    python reports/summarise.py sparse     reports/sparse_study/exp-sparse <wall time>
+    python reports/summarise.py vit        reports/vit_tiny_teacher/exp-vit <wall time>
+    python reports/summarise.py mobileone  reports/mobileone/exp-mobileone <wall time>
     python reports/summarise.py options    reports/vit_options
 
 Each run folder is what reports/collect.py copied from one `dvc repro` (params.yaml, dvc.lock, REPORT.md,
 metrics, plots/report); the README sits beside it. The wall time is the `dvc repro`'s, from its log (the
-pipeline does not record it). The commands, targets and questions for each kind are below, in KINDS.
+pipeline does not record it), given as text ("27 min", or why it is not comparable). The commands, targets and questions for each kind are below, in KINDS.
 """
 
 import json
@@ -101,7 +101,7 @@ def header(r, title, what, command, minutes):
         "",
         what,
         "",
-        f"One `dvc repro` on the 2-core machine (the committed run's fingerprint), wall time {minutes} min, made with",
+        f"One `dvc repro` on the 2-core machine, wall time {minutes}; made with",
         "",
         "```bash",
         command,
@@ -112,11 +112,30 @@ def header(r, title, what, command, minutes):
     ]
 
 
-@kind
-def recovery_readme(run, minutes):
-    r = read(run)
+def against_unpruned(r):
+    """Each pruned model of a run against its unpruned parent, same recipe (the report's sweep table)."""
     sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv").sort_values(["recipe", "ratio_pct"])
     base = sweep.loc[sweep.ratio_pct == 0, "macs_m"].iloc[0]
+    out = ["| recipe | removed % | MACs (M) | p50 ms | AUROC [95% CI] | Δ AUROC, pt | Δ FPR @95 % recall, pt | "
+           "fine-tune min | target |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for _, x in sweep.iterrows():
+        minutes_ft = r["prune"].get(x.model, {}).get("train_minutes", "—")
+        ok = x.ratio_pct > 0 and x.macs_m <= 0.6 * base and x.auroc_delta_pt_verdict != "worse"
+        ok = ok and x.fpr_at_recall_95pct_delta_pt_verdict != "worse"
+        fpr = json_ci(x.fpr_at_recall_95pct_delta_pt, x.fpr_at_recall_95pct_delta_pt_ci95,
+                      x.fpr_at_recall_95pct_delta_pt_verdict)  # fmt: skip
+        out.append(
+            f"| {x.recipe} | {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {x.latency_ms_p50:.2f} | "
+            f"{x.auroc:.3f} [{x.auroc_ci_low:.3f}, {x.auroc_ci_high:.3f}] | "
+            f"{json_ci(x.auroc_delta_pt, x.auroc_delta_pt_ci95, x.auroc_delta_pt_verdict)} | {fpr} | "
+            f"{minutes_ft} | {'met' if ok else ('—' if x.ratio_pct == 0 else 'not met')} |"
+        )
+    return [*out, "", "Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼).", ""]
+
+
+@kind
+def recovery_readme(run, minutes, parent_run=None, parent_minutes=None):
+    r = read(run)
     out = header(
         r,
         "Issue 8's recovery target: the fine-tune budget that brings a pruned student back",
@@ -127,23 +146,9 @@ def recovery_readme(run, minutes):
         "  -S 'compare.models=[teacher,student_kd,student_pruned,student_pruned_r40]'",
         minutes,
     )
-    out += ["## Against the unpruned distilled student (paired, same recipe)", "",
-            "| recipe | removed % | MACs (M) | p50 ms | AUROC [95% CI] | Δ AUROC, pt | Δ FPR @95 % recall, pt | "
-            "fine-tune min | target |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for _, x in sweep.iterrows():
-        minutes_ft = r["prune"].get(x.model, {}).get("train_minutes", "—")
-        ok = x.ratio_pct > 0 and x.macs_m <= 0.6 * base and x.auroc_delta_pt_verdict != "worse"
-        ok = ok and x.fpr_at_recall_95pct_delta_pt_verdict != "worse"
-        out.append(
-            f"| {x.recipe} | {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {x.latency_ms_p50:.2f} | "
-            f"{x.auroc:.3f} [{x.auroc_ci_low:.3f}, {x.auroc_ci_high:.3f}] | "
-            f"{json_ci(x.auroc_delta_pt, x.auroc_delta_pt_ci95, x.auroc_delta_pt_verdict)} | "
-            f"{json_ci(x.fpr_at_recall_95pct_delta_pt, x.fpr_at_recall_95pct_delta_pt_ci95, x.fpr_at_recall_95pct_delta_pt_verdict)} | "
-            f"{minutes_ft} | {'met' if ok else ('—' if x.ratio_pct == 0 else 'not met')} |"
-        )
+    out += ["## Against the unpruned distilled student (paired, same recipe)", "", *against_unpruned(r)]
     t = r["table"]
-    out += ["", "Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼).", "",
-            "## Against the FP32 teacher in PyTorch (the issue's deployment target)", "",
+    out += ["## Against the FP32 teacher in PyTorch (the issue's deployment target)", "",
             *variant_table(r), "",
             "Target for KD + pruned + INT8 in ONNX Runtime: >= 15x lower p50 latency, >= 10x smaller file "
             "(size ratio <= 0.1), AUROC and FPR at 95 % recall within the paired interval of the teacher.", ""]  # fmt: skip
@@ -152,6 +157,18 @@ def recovery_readme(run, minutes):
         checks = {"15x faster": x.speedup_x >= 15, "10x smaller": x.size_ratio <= 0.1, "quality within": within(x)}
         out.append(f"- **{v}**: " + ", ".join(f"{k}: {'yes' if ok else 'no'}" for k, ok in checks.items())
                    + f" ({x.speedup_x:.1f}x, size ratio {x.size_ratio:.3f}, Δ AUROC {delta(x, 'auroc_delta_pt')})")  # fmt: skip
+    if parent_run:
+        p = read(parent_run)
+        e = p["experiment"]
+        out += ["", f"## The same 32 epochs distilling the unpruned parent ([{p['run'].name}/]({p['run'].name}/))", "",
+                "`prune.kd_from=parent`: the fine-tune's soft targets are the unpruned distilled student's logits, the "
+                "model the pruned one is judged against, instead of the teacher's; one knob changed from the run "
+                f"above, on top of it (its upstream stages reused; run commit `{e['experiment_commit'][:7]}`), wall "
+                f"time {parent_minutes}; its report: [REPORT.md]({p['run'].name}/REPORT.md).", "",
+                "```bash",
+                "dvc exp run -S prune.epochs=32 -S prune.kd_from=parent -S 'compare.models=[student_kd,student_pruned]' \\",
+                "  -S 'compare.recipes=[ort_fp32,int8_static_pc]' -S report.reference=student_kd_ort_fp32",
+                "```", "", *against_unpruned(p)]  # fmt: skip
     return [*out, ""]
 
 
