@@ -17,13 +17,12 @@ import subprocess
 import sys
 import time
 
-import onnx
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from stages.lib import data, deploy, models, quantization, recipes, reparam, training
+from stages.lib import data, deploy, models, training
 from tests.conftest import ROOT
 
 TINY = {
@@ -402,58 +401,3 @@ def test_plots_render_offline_with_data(repo, tmp_path):
     empty = [name for name, n in marks if int(n) == 0]
     assert not empty, f"plots drawn without data: {empty}"
     assert "<img" in dom  # pareto.png
-
-
-def test_vit_teacher_mobileone_student_and_the_vit_pruned_run_end_to_end(tmp_path):
-    """README "Model families": a ViT-Tiny teacher from a local file (position embedding resampled to 64 px),
-    a MobileOne-S0 student from its fused checkpoint (trained unfused, saved fused), the ViT itself pruned
-    (`prune.source=teacher`), each quantized with its family's INT8 recipe, through `dvc repro`."""
-    weights = ROOT.parent / "shared" / "weights"
-    vit, mobileone = (
-        weights / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors",
-        weights / "mobileone_s0.reparam_in1k.safetensors",
-    )
-    if not (vit.is_file() and mobileone.is_file()):
-        pytest.skip(f"ViT-Tiny / MobileOne-S0 weights not found in {weights} (../shared is optional)")
-    overrides = {
-        **TINY,
-        "finetune_teacher": {"model": "vit_tiny_patch16_224", "weights": str(vit)},
-        "train_student": {"model": "mobileone_s0", "weights": str(mobileone)},
-        "prune": {"epochs": 1, "source": "teacher", "ratio": 0.34},
-        "sparsify": {"epochs": 1, "models": {}},
-        "compare": {"models": ["teacher", "student", "student_pruned"], "recipes": ["int8_static_pc"]},
-        "report": {"reference": "teacher_int8_static_pc"},
-    }
-    (tmp_path / "repo").mkdir()
-    repo = copy_repo(tmp_path / "repo", overrides)
-    dvc("repro", cwd=repo)
-    fams = yaml.safe_load((repo / "params.yaml").read_text())["families"]
-    teacher_metrics = json.loads((repo / "metrics/finetune_teacher.json").read_text())
-    assert teacher_metrics["adapted_to_input"]["pos_embed"] == {
-        "from_grid": [14, 14],
-        "to_grid": [4, 4],
-        "method": "bicubic",
-    }
-    assert teacher_metrics["lr"] == fams["transformer"]["lr"]  # train.lr auto: each family its own
-    student_metrics = json.loads((repo / "metrics/train_student.json").read_text())
-    assert student_metrics["reparameterized"] is True and student_metrics["lr"] == fams["cnn"]["lr"]
-
-    teacher, _ = models.load(repo / "artifacts/teacher/model.pt")
-    pruned, card = models.load(repo / "artifacts/student_pruned/model.pt")
-    assert (
-        card["pruned"]["source_model"] == "teacher"
-        and card["pruned"]["importance"] == fams["transformer"]["prune_importance"]
-    )
-    assert pruned.net.blocks[0].attn.num_heads == teacher.net.blocks[0].attn.num_heads - 1  # one of 3 heads gone
-    student, _ = models.load(repo / "artifacts/student/model.pt")
-    assert reparam.is_fused(student.net)  # saved, exported and quantized fused
-    student_onnx = repo / "artifacts/variants/student_int8_static_pc/model.onnx"
-    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(student_onnx)).graph.node}
-    assert "Conv" in set(quantization.int8_nodes(student_onnx).values())
-    for model in ("teacher", "student_pruned"):  # transformers: the ViT-safe op types only
-        int8 = quantization.int8_nodes(repo / f"artifacts/variants/{model}_int8_static_pc/model.onnx")
-        assert int8 and set(int8.values()) <= set(recipes.VIT_SAFE_OPS)
-    report = json.loads((repo / "metrics/report.json").read_text())
-    assert set(report["variants"]) == {
-        f"{m}_{r}" for m in overrides["compare"]["models"] for r in overrides["compare"]["recipes"]
-    }
