@@ -2,13 +2,16 @@
 training happens on branches, saving, export and INT8 on the fused form."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from stages.lib import models, pruning, quantization, reparam, runtime
-from tests.conftest import SHARED
+from tests.conftest import ROOT, SHARED
 
 ARCH = "mobileone_s0"
 WEIGHTS = SHARED / "weights" / "mobileone_s0.reparam_in1k.safetensors"
@@ -104,3 +107,24 @@ def test_other_models_are_left_as_they_are():
     model = models.build("tf_efficientnet_lite0", 2)
     assert not reparam.blocks(model.net) and reparam.fuse(model) is model
     assert "reparameterized" not in models.make_card("tf_efficientnet_lite0", "pypi", SIZE, model, ["a", "b"])
+
+
+def test_the_multi_branch_form_trains_at_128_px_with_channels_last_asked_for(tmp_path):
+    """base.channels_last (on by default) must not crash MobileOne's training form: torch 2.15's CPU
+    channels_last backward of its stem's 1x1 stride-2 branch corrupts the heap from ~96 px (a segfault in the
+    first backward), so `training.fit` trains that form in the default layout. In a subprocess: a crash fails
+    this test, not the test run."""
+    script = f"""
+import logging
+import torch
+from stages.lib import models, training
+model = models.build({ARCH!r}, 2, image_size=128)
+x, y = torch.randint(0, 256, (8, 3, 128, 128), dtype=torch.uint8), torch.arange(8) % 2
+logging.basicConfig(level=logging.INFO)
+recipe = {{"epochs": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0}}
+training.fit(model, (x, y), (x, y), recipe, "live", {{"seed": 0, "device": "cpu", "channels_last": True}})
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "channels_last off for the multi-branch form" in proc.stderr

@@ -26,6 +26,11 @@ def is_fused(net):
     return any(getattr(m, "reparam_conv", None) is not None for _, m in blocks(net))
 
 
+def is_multi_branch(module):
+    """Re-parameterisable blocks in their training form (not fused)."""
+    return bool(blocks(module)) and not is_fused(module)
+
+
 def is_fused_state(state):
     return any(".reparam_conv." in k for k in state)
 

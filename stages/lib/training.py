@@ -79,6 +79,11 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
     (x_train, y_train), (x_val, y_val) = train_xy, val_xy
     rank, world_size = distributed.world()
     device, channels_last = distributed.init(base["device"]), base["channels_last"]
+    if channels_last and device == "cpu" and reparam.is_multi_branch(model):
+        # torch 2.15's CPU backward of MobileOne's stem 1x1 stride-2 branch (3 -> 48 channels) in channels_last
+        # corrupts the heap from ~96 px up (segfault / "corrupted double-linked list"; tests/test_reparam.py)
+        log.info("channels_last off for the multi-branch form (a torch CPU channels_last backward bug)")
+        channels_last = False
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     if teacher is not None:
