@@ -3,7 +3,7 @@
 A few dozen ELPV images at 64x64, one epoch each; the same stages, libraries and
 weights as the default run. Checks outputs, that a rerun does nothing, that a clone on the
 same machine reuses the benchmark and one on another machine re-measures it (and nothing
-else), that a quantization knob reruns only quantize and what follows it, and that
+else), that a quantization knob puts only that recipe's quantize stages out of date, and that
 `dvc plots show` renders every plot offline in headless Chromium.
 """
 
@@ -260,11 +260,20 @@ def test_clone_reuses_benchmark_on_same_machine_and_remeasures_on_another(repo, 
     assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint"}  # same machine: every result reused
 
     # The committed results came from another machine (its fingerprint is in the lock, as the benchmark's
-    # dependency): only the benchmark and the report rerun.
+    # dependency): once this machine's fingerprint is taken, the benchmark is the one stage out of date (select
+    # and report follow it in the graph); nothing is retrained or re-quantized.
     fp = clone / "metrics/fingerprint.json"
     fp.write_text(json.dumps({**json.loads(fp.read_text()), "cpu": "another CPU"}))
     dvc("commit", "-f", cwd=clone)
-    assert ran(dvc("repro", cwd=clone).stdout) == {"fingerprint", "benchmark", "select", "report"}
+    assert ran(dvc("repro", "fingerprint", cwd=clone).stdout) == {"fingerprint"}
+    assert out_of_date(clone) == {"benchmark"}
+
+
+def out_of_date(repo):
+    """Stages `dvc status` finds changed by their own deps or params (what `dvc repro` starts from), minus
+    the fingerprint, which always runs."""
+    status = json.loads(dvc("status", "--json", cwd=repo).stdout)
+    return {stage for stage, changes in status.items() if changes != ["always changed"]}
 
 
 def test_shared_remote_lets_another_clone_reuse_every_result(repo, tmp_path):
@@ -363,18 +372,20 @@ def test_select_param_reruns_only_select_and_report(repo):
 
 
 def test_quantize_param_reruns_only_quantize_and_downstream(repo):
+    """One recipe's knob puts exactly that recipe's quantize stages out of date: nothing upstream, no other
+    recipe. What follows them (evaluate, benchmark, select, report) reruns because their inputs change
+    (tests/test_dvc_deps.py checks those dependencies); running it all again here would add minutes to CI."""
     repo, _ = repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(text)
     params["quantize"]["recipes"]["int8_static_pc"]["per_channel"] = False
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = ran(dvc("repro", cwd=repo).stdout)
-    models = params["compare"]["models"]
-    assert {f"quantize@{m}-int8_static_pc" for m in models} | {f"evaluate@{m}-int8_static_pc" for m in models} <= stages
-    assert {"benchmark", "report"} <= stages
-    assert not stages & UPSTREAM
-    assert not {s for s in stages if "@" in s and not s.endswith("-int8_static_pc")}, stages  # other recipes kept
-    allowed = {"quantize", "evaluate", "benchmark", "select", "report", "fingerprint"}
-    assert all(s.split("@")[0] in allowed for s in stages), stages
+    try:
+        stale = out_of_date(repo)
+    finally:
+        (repo / "params.yaml").write_text(text)
+    assert stale == {f"quantize@{m}-int8_static_pc" for m in params["compare"]["models"]}, stale
+    assert not stale & UPSTREAM
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
