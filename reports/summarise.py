@@ -306,6 +306,11 @@ def mobileone_readme(run, minutes):
         out.append(f"- **{recipe}**: Lite0 {lite.latency_ms_p50:.3g} ms vs MobileOne-S0 {mo.latency_ms_p50:.3g} ms "
                    f"({ratio:.2f}x); AUROC {lite.auroc:.3f} vs {mo.auroc:.3f} (Δ {delta(mo, 'auroc_delta_pt')} pt, "
                    "paired only against Lite0 in PyTorch)")  # fmt: skip
+    said = [x for x in (r["run"] / "REPORT.md").read_text().splitlines() if x.startswith(("- **mobileone_", "- **pruning**"))]
+    out += ["", "## What it shows", "",
+            "Same runtime and recipe, paired on the same test images and benchmark rounds (REPORT.md's step lines; "
+            "`mobileone_*` compare MobileOne-S0 without KD against Lite0, `pruning` the distilled MobileOne pruned "
+            "at prune.ratio):", "", *said]  # fmt: skip
     return [*out, "", "## Steps", "", *steps_table(r), ""]
 
 
