@@ -79,7 +79,8 @@ def run(p, sec, args):
     if not distributed.is_main():
         return  # rank 0 writes the outputs
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
-    setting = {k: sec[k] for k in ("ratio", "importance", "scope", "max_ratio", "iterative_steps", "epochs", "kd_from")}
+    setting = {k: sec[k] for k in ("ratio", "channels", "importance", "scope", "max_ratio", "iterative_steps", "epochs",
+                                   "kd_from")}  # fmt: skip
     setting["source_model"] = Path(args.student).parent.name  # the unpruned model it is compared with
     setting["lr"] = lr
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})

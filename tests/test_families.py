@@ -26,7 +26,7 @@ HUB = {
 }
 VIT_TINY = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 PRUNE = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6, "iterative_steps": 1,
-         "round_to": 8, "epochs": 0}  # fmt: skip
+         "round_to": 8, "epochs": 0, "channels": "all"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", HUB)
@@ -177,7 +177,8 @@ def test_bad_family_values_are_named(change, message):
     family, key, value = change
     fams[family][key] = value
     prune = {"importance": "auto", "scope": "uniform", "kd_from": "teacher", "ratio": 0.25, "max_ratio": 0.6,
-             "iterative_steps": 1, "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1}  # fmt: skip
+             "iterative_steps": 1, "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1,
+             "channels": "all"}  # fmt: skip
     with pytest.raises(models.ParamError, match=message):
         families.check(fams)
         pruning.check(prune, fams=fams)

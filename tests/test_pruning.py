@@ -17,7 +17,8 @@ SIZE = 64
 
 def config(**kw):
     cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.4, "max_ratio": 0.8, "iterative_steps": 1,
-           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "kd_from": "teacher", "taylor_batches": 1}  # fmt: skip
+           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "kd_from": "teacher", "taylor_batches": 1,
+           "channels": "all"}  # fmt: skip
     return {**cfg, **kw}
 
 
@@ -86,6 +87,37 @@ def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0,
     assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
 
 
+def blocks(model):
+    return [blk for stage in model.net.blocks for blk in stage]
+
+
+def residual_width(model):
+    """The widths of the residual stream: every block output that a skip connection adds to."""
+    return [blk.conv_pwl.out_channels for blk in blocks(model) if blk.has_skip]
+
+
+@pytest.mark.parametrize("scope", pruning.SCOPES)
+def test_inner_channels_keep_the_residual_stream_and_prune_the_expansions(lite0, scope):
+    model, stats = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope=scope, channels="inner"))
+    assert residual_width(model) == residual_width(lite0)  # every channel a skip adds to is still there
+    expansions = [(new.conv_pw.out_channels, old.conv_pw.out_channels) for new, old in
+                  zip(blocks(model), blocks(lite0), strict=True) if hasattr(new, "conv_pwl")]  # fmt: skip
+    assert all(n <= o for n, o in expansions) and sum(n for n, _ in expansions) < 0.8 * sum(o for _, o in expansions)
+    assert stats["macs_ratio"] < 0.8 and model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
+    all_channels, _ = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope=scope))
+    assert residual_width(all_channels) != residual_width(lite0)  # the control: `all` does prune the stream
+
+
+def test_residual_layers_ignore_se_gates():
+    """EfficientNet-B0's squeeze-excite multiplies the expansion channels: a product, not a residual add."""
+    model = models.build("efficientnet_b0", 2).eval()
+    kept = pruning.residual_layers(model, SIZE)
+    se_convs = {m for m in model.modules() if type(m).__name__ == "SqueezeExcite" for m in m.modules()}
+    assert kept and not se_convs & set(kept)
+    expansions = {blk.conv_pw for stage in model.net.blocks for blk in stage if hasattr(blk, "conv_pwl")}
+    assert not expansions & set(kept)
+
+
 def test_epochs_split_over_steps():
     assert pruning.epochs_per_step(2, 1) == [2] and pruning.epochs_per_step(5, 2) == [2, 3]
 
@@ -117,6 +149,7 @@ def prune_section(root):
         ("importance", "l3", r"prune\.importance='l3'.*\['auto', 'bn_scale', 'l1', 'l2', 'lamp', 'random', 'taylor'\]"),
         ("scope", "layerwise", r"prune\.scope='layerwise'.*\['global', 'uniform'\]"),
         ("kd_from", "student", r"prune\.kd_from='student'.*\['parent', 'teacher'\]"),
+        ("channels", "residual", r"prune\.channels='residual'.*\['all', 'inner'\]"),
         ("ratio", 1.0, r"prune\.ratio=1\.0.*\[0, 1\)"),
         ("ratio", "half", r"prune\.ratio='half'.*\[0, 1\)"),
         ("max_ratio", 1.0, r"prune\.max_ratio=1\.0.*\(0, 1\)"),

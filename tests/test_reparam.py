@@ -96,7 +96,7 @@ def test_fused_model_saves_loads_exports_quantizes_and_prunes(tmp_path):
         assert np.corrcoef(out.ravel(), loaded(x).numpy().ravel())[0, 1] > 0.9
 
     cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6, "iterative_steps": 1,
-           "round_to": 8, "epochs": 0}  # fmt: skip
+           "round_to": 8, "epochs": 0, "channels": "all"}  # fmt: skip
     before = models.param_count(loaded)
     pruned, stats = pruning.prune_structured(copy.deepcopy(loaded), SIZE, cfg)
     assert stats["macs_after_m"] < stats["macs_before_m"]

@@ -31,6 +31,10 @@ IMPORTANCE = {
     "random": lambda: tp.importance.RandomImportance(),  # control: shows whether the criterion matters
 }
 SCOPES = ("uniform", "global")
+# Which channels may go (params `prune.channels`): all = every prunable group; inner = only channels inside the
+# blocks (MBConv expansion, ConvNeXt MLP width): the residual stream, the channels every block reads and adds
+# its output to, is kept whole, as the ViT path always does.
+CHANNELS = ("all", "inner")
 KD_SOURCES = ("teacher", "parent")  # whose logits the fine-tune distils: the fine-tuned teacher or the unpruned model
 
 
@@ -42,6 +46,7 @@ def check(sec, key="prune", fams=None):
         params.check_choice(f"families.{name}.prune_importance", fam["prune_importance"], set(IMPORTANCE))
     params.check_choice(f"{key}.scope", sec["scope"], set(SCOPES))
     params.check_choice(f"{key}.kd_from", sec["kd_from"], set(KD_SOURCES))
+    params.check_choice(f"{key}.channels", sec["channels"], set(CHANNELS))
     params.check_range(f"{key}.ratio", sec["ratio"], 0, 1, hi_inclusive=False)
     params.check_range(f"{key}.max_ratio", sec["max_ratio"], 0, 1, lo_inclusive=False, hi_inclusive=False)
     if sec["scope"] == "global" and sec["max_ratio"] < sec["ratio"]:
@@ -70,6 +75,20 @@ def protected_layers(model):
     return [stem, model.net.get_classifier(), *([feeds_head] if isinstance(feeds_head, nn.Conv2d) else [])]
 
 
+def residual_layers(model, image_size):
+    """Layers whose output channels pass through a residual add (Torch-Pruning traces `x + block(x)` as an
+    element-wise op coupling them): one per group is enough to keep the whole group. SE gates multiply, so
+    they do not count."""
+    graph = tp.DependencyGraph().build_dependency(model.eval(), torch.rand(1, 3, image_size, image_size))
+    kept = []
+    for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+        adds = [d for d, _ in group if isinstance(d.target.module, tp.ops._ElementWiseOp)
+                and "Add" in str(d.target.module._grad_fn)]  # fmt: skip
+        if adds:
+            kept.append(next(d.target.module for d, _ in group if graph.is_out_channel_pruning_fn(d.handler)))
+    return kept
+
+
 def count(model, image_size):
     """(MACs, params) for one image, Torch-Pruning's counter."""
     example = torch.rand(1, 3, image_size, image_size)
@@ -86,6 +105,7 @@ def build_pruner(model, image_size, cfg):
     projections are kept whole."""
     glob = cfg["scope"] == "global"
     attns = attention_layers(model)
+    residual = residual_layers(model, image_size) if cfg["channels"] == "inner" else []
     return tp.pruner.MetaPruner(
         model,
         torch.rand(1, 3, image_size, image_size),
@@ -95,7 +115,7 @@ def build_pruner(model, image_size, cfg):
         isomorphic=glob,  # global ranking only among groups of the same structure (Fang et al. 2024)
         max_pruning_ratio=cfg["max_ratio"] if glob else 1.0,
         iterative_steps=cfg["iterative_steps"],
-        ignored_layers=protected_layers(model) + [layer for m in attns for layer in (m.qkv, m.proj)],
+        ignored_layers=protected_layers(model) + residual + [layer for m in attns for layer in (m.qkv, m.proj)],
         num_heads={m.qkv: m.num_heads for m in attns},
         round_to=cfg["round_to"],
     )
@@ -166,7 +186,7 @@ def stats(macs_before, params_before, macs_after, params_after):
 def prune_channels(model, ratio, image_size, round_to=8, importance="l2"):
     """One-shot uniform pruning of `ratio` of the channels of every prunable layer (no fine-tune)."""
     cfg = {"importance": importance, "scope": "uniform", "ratio": ratio, "max_ratio": 0.9, "iterative_steps": 1,
-           "round_to": round_to, "epochs": 0}  # fmt: skip
+           "round_to": round_to, "epochs": 0, "channels": "all"}  # fmt: skip
     return prune_structured(model, image_size, cfg)
 
 

@@ -51,6 +51,7 @@ SCHEMA = {
         "epochs": int,
         "lr_scale": float,
         "kd_from": {"teacher", "parent"},
+        "channels": {"all", "inner"},
         "source": {"student_kd", "student", "teacher"},
         "round_to": int,
         "taylor_batches": int,
