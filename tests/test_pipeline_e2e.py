@@ -371,7 +371,7 @@ def test_select_param_reruns_only_select_and_report(repo):
     set_params(repo, {"select": {"max_size_mb": None}})
 
 
-def test_quantize_param_reruns_only_quantize_and_downstream(repo):
+def test_quantize_param_puts_only_its_quantize_stages_out_of_date(repo):
     """One recipe's knob puts exactly that recipe's quantize stages out of date: nothing upstream, no other
     recipe. What follows them (evaluate, benchmark, select, report) reruns because their inputs change
     (tests/test_dvc_deps.py checks those dependencies); running it all again here would add minutes to CI."""
