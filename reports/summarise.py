@@ -1,6 +1,6 @@
 """Write the README of a report folder from the collected run(s) in it; no number is typed by hand.
 
-    python reports/summarise.py recovery   reports/prune_recovery/exp-recovery <wall time> [<parent run> <wall time>]
+    python reports/summarise.py recovery   reports/prune_recovery/exp-recovery <wall time> [<run> <wall time>] ...
     python reports/summarise.py sparse     reports/sparse_study/exp-sparse <wall time>
     python reports/summarise.py vit        reports/vit_tiny_teacher/exp-vit <wall time>
     python reports/summarise.py mobileone  reports/mobileone/exp-mobileone <wall time>
@@ -133,8 +133,54 @@ def against_unpruned(r):
     return [*out, "", "Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼).", ""]
 
 
+# What a further recovery run changed, in words, by the params key that changed (see recovery_readme).
+KNOB_NOTES = {
+    "prune.kd_from": "the fine-tune's soft targets are the unpruned distilled student's logits (`parent`), the model "
+    "the pruned one is judged against, instead of the teacher's",
+    "prune.channels": "only the blocks' inner width (the MBConv expansions) is pruned (`inner`); the residual stream "
+    "every block adds to is kept whole, so a larger share of the inner channels goes for the same MACs",
+}
+RECOVERY_KEYS = ("prune", "compare", "report.reference")  # where a recovery run's command may differ from main
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flat(v, f"{key}.") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def changed_params(run_params, base_params):
+    """`-S key=value` for each recovery knob whose value in the run differs from `base_params` (main's)."""
+    run, base = flat(run_params), flat(base_params)
+    keys = [k for k in run if k.startswith(RECOVERY_KEYS) and k in base and run[k] != base[k]]
+    return {k: run[k] for k in keys}
+
+
+def set_args(changes):
+    fmt = {k: f"'{k}=[{','.join(map(str, v))}]'" if isinstance(v, list) else f"{k}={v}" for k, v in changes.items()}
+    return " ".join(f"-S {a}" for a in fmt.values())
+
+
+def teacher_target(r):
+    """The pruned INT8 students against the FP32 teacher in PyTorch (a run whose reference is that teacher)."""
+    t = r["table"]
+    out = ["## Against the FP32 teacher in PyTorch (the issue's deployment target)", "", *variant_table(r), "",
+           "Target for KD + pruned + INT8 in ONNX Runtime: >= 15x lower p50 latency, >= 10x smaller file "
+           "(size ratio <= 0.1), AUROC and FPR at 95 % recall within the paired interval of the teacher.", ""]  # fmt: skip
+    for v in [v for v in t.index if v.startswith("student_pruned") and v.endswith("int8_static_pc")]:
+        x = t.loc[v]
+        checks = {"15x faster": x.speedup_x >= 15, "10x smaller": x.size_ratio <= 0.1, "quality within": within(x)}
+        out.append(f"- **{v}**: " + ", ".join(f"{k}: {'yes' if ok else 'no'}" for k, ok in checks.items())
+                   + f" ({x.speedup_x:.1f}x, size ratio {x.size_ratio:.3f}, Δ AUROC {delta(x, 'auroc_delta_pt')})")  # fmt: skip
+    return out
+
+
 @kind
-def recovery_readme(run, minutes, parent_run=None, parent_minutes=None):
+def recovery_readme(run, minutes, *more):
+    """`more`: further runs and their wall times (run, minutes, run, minutes ...), each one or two knobs changed;
+    their commands are their params' differences from main's params.yaml."""
     r = read(run)
     out = header(
         r,
@@ -146,29 +192,26 @@ def recovery_readme(run, minutes, parent_run=None, parent_minutes=None):
         "  -S 'compare.models=[teacher,student_kd,student_pruned,student_pruned_r40]'",
         minutes,
     )
-    out += ["## Against the unpruned distilled student (paired, same recipe)", "", *against_unpruned(r)]
-    t = r["table"]
-    out += ["## Against the FP32 teacher in PyTorch (the issue's deployment target)", "",
-            *variant_table(r), "",
-            "Target for KD + pruned + INT8 in ONNX Runtime: >= 15x lower p50 latency, >= 10x smaller file "
-            "(size ratio <= 0.1), AUROC and FPR at 95 % recall within the paired interval of the teacher.", ""]  # fmt: skip
-    for v in [v for v in t.index if v.startswith("student_pruned") and v.endswith("int8_static_pc")]:
-        x = t.loc[v]
-        checks = {"15x faster": x.speedup_x >= 15, "10x smaller": x.size_ratio <= 0.1, "quality within": within(x)}
-        out.append(f"- **{v}**: " + ", ".join(f"{k}: {'yes' if ok else 'no'}" for k, ok in checks.items())
-                   + f" ({x.speedup_x:.1f}x, size ratio {x.size_ratio:.3f}, Δ AUROC {delta(x, 'auroc_delta_pt')})")  # fmt: skip
-    if parent_run:
-        p = read(parent_run)
-        e = p["experiment"]
-        out += ["", f"## The same 32 epochs distilling the unpruned parent ([{p['run'].name}/]({p['run'].name}/))", "",
-                "`prune.kd_from=parent`: the fine-tune's soft targets are the unpruned distilled student's logits, the "
-                "model the pruned one is judged against, instead of the teacher's; one knob changed from the run "
-                f"above, on top of it (its upstream stages reused; run commit `{e['experiment_commit'][:7]}`), wall "
-                f"time {parent_minutes}; its report: [REPORT.md]({p['run'].name}/REPORT.md).", "",
-                "```bash",
-                "dvc exp run -S prune.epochs=32 -S prune.kd_from=parent -S 'compare.models=[student_kd,student_pruned]' \\",
-                "  -S 'compare.recipes=[ort_fp32,int8_static_pc]' -S report.reference=student_kd_ort_fp32",
-                "```", "", *against_unpruned(p)]  # fmt: skip
+    out += [
+        "## Against the unpruned distilled student (paired, same recipe)",
+        "",
+        *against_unpruned(r),
+        *teacher_target(r),
+    ]
+    main_params = yaml.safe_load(Path("params.yaml").read_text())
+    for other, other_minutes in zip(more[::2], more[1::2], strict=True):
+        p = read(other)
+        e, name = p["experiment"], p["run"].name
+        changes = changed_params(p["params"], main_params)
+        said = [note for key, note in KNOB_NOTES.items() if key in changes]
+        out += ["", f"## {name}: " + ", ".join(f"`{k}={v}`" for k, v in changes.items() if k.startswith("prune.")),
+                "", "; ".join(said).capitalize() + ("." if said else ""),
+                f"One `dvc repro` (run commit `{e['experiment_commit'][:7]}` on code `{e['baseline_commit'][:7]}`, "
+                f"upstream stages reused), wall time {other_minutes}; its report: [REPORT.md]({name}/REPORT.md). "
+                "The same from main:", "",
+                "```bash", f"dvc exp run {set_args(changes)}", "```", "", *against_unpruned(p)]  # fmt: skip
+        if p["params"]["report"]["reference"] == "teacher_torch_fp32":
+            out += teacher_target(p)
     return [*out, ""]
 
 
@@ -306,7 +349,11 @@ def mobileone_readme(run, minutes):
         out.append(f"- **{recipe}**: Lite0 {lite.latency_ms_p50:.3g} ms vs MobileOne-S0 {mo.latency_ms_p50:.3g} ms "
                    f"({ratio:.2f}x); AUROC {lite.auroc:.3f} vs {mo.auroc:.3f} (Δ {delta(mo, 'auroc_delta_pt')} pt, "
                    "paired only against Lite0 in PyTorch)")  # fmt: skip
-    said = [x for x in (r["run"] / "REPORT.md").read_text().splitlines() if x.startswith(("- **mobileone_", "- **pruning**"))]
+    said = [
+        x
+        for x in (r["run"] / "REPORT.md").read_text().splitlines()
+        if x.startswith(("- **mobileone_", "- **pruning**"))
+    ]
     out += ["", "## What it shows", "",
             "Same runtime and recipe, paired on the same test images and benchmark rounds (REPORT.md's step lines; "
             "`mobileone_*` compare MobileOne-S0 without KD against Lite0, `pruning` the distilled MobileOne pruned "
