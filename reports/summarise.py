@@ -154,13 +154,15 @@ def flat(d, prefix=""):
 def changed_params(run_params, base_params):
     """`-S key=value` for each recovery knob whose value in the run differs from `base_params` (main's)."""
     run, base = flat(run_params), flat(base_params)
+    # main's importance `auto` is the CNN family's criterion for these Lite0 students: a run naming it changed nothing
+    base["prune.importance"] = {"auto": base["families.cnn.prune_importance"]}.get(*[base["prune.importance"]] * 2)
     keys = [k for k in run if k.startswith(RECOVERY_KEYS) and k in base and run[k] != base[k]]
     return {k: run[k] for k in keys}
 
 
 def set_args(changes):
     fmt = {k: f"'{k}=[{','.join(map(str, v))}]'" if isinstance(v, list) else f"{k}={v}" for k, v in changes.items()}
-    return " ".join(f"-S {a}" for a in fmt.values())
+    return " \\\n  ".join(f"-S {a}" for a in fmt.values())
 
 
 def teacher_target(r):
