@@ -137,6 +137,8 @@ def against_unpruned(r):
 KNOB_NOTES = {
     "prune.kd_from": "the fine-tune's soft targets are the unpruned distilled student's logits (`parent`), the model "
     "the pruned one is judged against, instead of the teacher's",
+    "prune.scope": "one L2 ranking over all layers (`global`; isomorphic groups, at most `max_ratio` of any one "
+    "layer): layers lose what matters least, at the ratio that gives about the same MACs",
     "prune.channels": "only the blocks' inner width (the MBConv expansions) is pruned (`inner`); the residual stream "
     "every block adds to is kept whole, so a larger share of the inner channels goes for the same MACs",
 }
@@ -154,8 +156,9 @@ def flat(d, prefix=""):
 def changed_params(run_params, base_params):
     """`-S key=value` for each recovery knob whose value in the run differs from `base_params` (main's)."""
     run, base = flat(run_params), flat(base_params)
-    # main's importance `auto` is the CNN family's criterion for these Lite0 students: a run naming it changed nothing
-    base["prune.importance"] = {"auto": base["families.cnn.prune_importance"]}.get(*[base["prune.importance"]] * 2)
+    # importance `auto` is the CNN family's criterion for these Lite0 students: naming that criterion changes nothing
+    for d in (run, base):
+        d["prune.importance"] = {"auto": base["families.cnn.prune_importance"]}.get(*[d["prune.importance"]] * 2)
     keys = [k for k in run if k.startswith(RECOVERY_KEYS) and k in base and run[k] != base[k]]
     return {k: run[k] for k in keys}
 
@@ -163,6 +166,43 @@ def changed_params(run_params, base_params):
 def set_args(changes):
     fmt = {k: f"'{k}=[{','.join(map(str, v))}]'" if isinstance(v, list) else f"{k}={v}" for k, v in changes.items()}
     return " \\\n  ".join(f"-S {a}" for a in fmt.values())
+
+
+def summary(runs):
+    """One line per pruned model of every run in the folder, ONNX Runtime FP32, paired against its unpruned parent."""
+    out = ["## Every pruned model in this folder", "",
+           "ONNX Runtime FP32, paired against the unpruned distilled student of the same run (the same model, "
+           "upstream stages shared). The sections below give each run's INT8 rows, command and report.", "",
+           "| run | scope / channels / KD from | removed % | MACs (M) | fine-tune epochs | val AUROC | test AUROC | "
+           "Δ AUROC, pt | Δ FPR @95 % recall, pt | target |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    met, gaps = [], []
+    for r in runs:
+        sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv")
+        base = sweep.loc[sweep.ratio_pct == 0, "macs_m"].iloc[0]
+        for _, x in sweep[(sweep.recipe == "ort_fp32") & (sweep.ratio_pct > 0)].sort_values("ratio_pct").iterrows():
+            m = r["prune"][x.model]
+            ok = x.macs_m <= 0.6 * base and within(x)
+            met += [f"{r['run'].name} at {x.ratio_pct} %"] if ok else []
+            gaps.append(100 * (m["val_auroc"] - x.auroc))
+            fpr = json_ci(x.fpr_at_recall_95pct_delta_pt, x.fpr_at_recall_95pct_delta_pt_ci95,
+                          x.fpr_at_recall_95pct_delta_pt_verdict)  # fmt: skip
+            out.append(
+                f"| [{r['run'].name}]({r['run'].name}/) | {m['scope']} / {m.get('channels', 'all')} / {m['kd_from']} "
+                f"| {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {m['epochs']} | {m['val_auroc']:.3f} "
+                f"| {x.auroc:.3f} | {json_ci(x.auroc_delta_pt, x.auroc_delta_pt_ci95, x.auroc_delta_pt_verdict)} | {fpr} "
+                f"| {'met' if ok else 'not met'} |"
+            )
+    said = "met by " + ", ".join(met) if met else "met by none of them"
+    kd = runs[0]
+    kd_val, kd_test = kd["train"]["distill"]["val_auroc"], kd["table"].loc["student_kd_ort_fp32", "auroc"]
+    return [*out, "", f"Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼): {said}.",
+            "", f"The unpruned distilled student scores val AUROC {kd_val:.3f} and test {kd_test:.3f} (its best of "
+            f"{kd['params']['train']['epochs']} epochs chosen on validation); the pruned models' validation AUROC (best "
+            f"epoch of their fine-tune) exceeds their test AUROC by {min(gaps):.1f} to {max(gaps):.1f} pt.", ""]  # fmt: skip
+
+
+def sentence(text):
+    return text[:1].upper() + text[1:] + "." if text else ""
 
 
 def teacher_target(r):
@@ -201,13 +241,15 @@ def recovery_readme(run, minutes, *more):
         *teacher_target(r),
     ]
     main_params = yaml.safe_load(Path("params.yaml").read_text())
+    others = [read(o) for o in more[::2]]
+    out[out.index("## Against the unpruned distilled student (paired, same recipe)") : 0] = summary([r, *others])
     for other, other_minutes in zip(more[::2], more[1::2], strict=True):
         p = read(other)
         e, name = p["experiment"], p["run"].name
         changes = changed_params(p["params"], main_params)
         said = [note for key, note in KNOB_NOTES.items() if key in changes]
         out += ["", f"## {name}: " + ", ".join(f"`{k}={v}`" for k, v in changes.items() if k.startswith("prune.")),
-                "", "; ".join(said).capitalize() + ("." if said else ""),
+                "", sentence("; ".join(said)),
                 f"One `dvc repro` (run commit `{e['experiment_commit'][:7]}` on code `{e['baseline_commit'][:7]}`, "
                 f"upstream stages reused), wall time {other_minutes}; its report: [REPORT.md]({name}/REPORT.md). "
                 "The same from main:", "",
