@@ -112,6 +112,18 @@ def header(r, title, what, command, minutes):
     ]
 
 
+def sweep_deltas(x):
+    """Paired Δ AUROC and Δ FPR @95 % recall of a sweep.csv row, each with its interval and ▲/▼."""
+    return (json_ci(x.auroc_delta_pt, x.auroc_delta_pt_ci95, x.auroc_delta_pt_verdict),
+            json_ci(x.fpr_at_recall_95pct_delta_pt, x.fpr_at_recall_95pct_delta_pt_ci95,
+                    x.fpr_at_recall_95pct_delta_pt_verdict))  # fmt: skip
+
+
+def recovered(x, base_macs):
+    """Issue 8's recovery target for a sweep.csv row: >= 40 % fewer MACs, neither delta distinguishably worse."""
+    return x.ratio_pct > 0 and x.macs_m <= 0.6 * base_macs and within(x)
+
+
 def against_unpruned(r):
     """Each pruned model of a run against its unpruned parent, same recipe (the report's sweep table)."""
     sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv").sort_values(["recipe", "ratio_pct"])
@@ -120,14 +132,10 @@ def against_unpruned(r):
            "fine-tune min | target |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for _, x in sweep.iterrows():
         minutes_ft = r["prune"].get(x.model, {}).get("train_minutes", "—")
-        ok = x.ratio_pct > 0 and x.macs_m <= 0.6 * base and x.auroc_delta_pt_verdict != "worse"
-        ok = ok and x.fpr_at_recall_95pct_delta_pt_verdict != "worse"
-        fpr = json_ci(x.fpr_at_recall_95pct_delta_pt, x.fpr_at_recall_95pct_delta_pt_ci95,
-                      x.fpr_at_recall_95pct_delta_pt_verdict)  # fmt: skip
+        ok, (auroc, fpr) = recovered(x, base), sweep_deltas(x)
         out.append(
             f"| {x.recipe} | {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {x.latency_ms_p50:.2f} | "
-            f"{x.auroc:.3f} [{x.auroc_ci_low:.3f}, {x.auroc_ci_high:.3f}] | "
-            f"{json_ci(x.auroc_delta_pt, x.auroc_delta_pt_ci95, x.auroc_delta_pt_verdict)} | {fpr} | "
+            f"{x.auroc:.3f} [{x.auroc_ci_low:.3f}, {x.auroc_ci_high:.3f}] | {auroc} | {fpr} | "
             f"{minutes_ft} | {'met' if ok else ('—' if x.ratio_pct == 0 else 'not met')} |"
         )
     return [*out, "", "Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼).", ""]
@@ -186,18 +194,16 @@ def summary(runs):
         int8 = sweep[sweep.recipe == "int8_static_pc"].set_index("model")
         for _, x in sweep[(sweep.recipe == "ort_fp32") & (sweep.ratio_pct > 0)].sort_values("ratio_pct").iterrows():
             m, q = r["prune"][x.model], int8.loc[x.model]
-            ok, ok8 = (x.macs_m <= 0.6 * base and within(row) for row in (x, q))
+            ok, ok8 = recovered(x, base), recovered(q, base)
             met += [f"{r['run'].name} at {x.ratio_pct} % ({'FP32' if ok else ''}{' and ' if ok and ok8 else ''}"
                     f"{'INT8' if ok8 else ''})"] if ok or ok8 else []  # fmt: skip
             gaps.append(100 * (m["val_auroc"] - x.auroc))
-            fpr = json_ci(x.fpr_at_recall_95pct_delta_pt, x.fpr_at_recall_95pct_delta_pt_ci95,
-                          x.fpr_at_recall_95pct_delta_pt_verdict)  # fmt: skip
+            (auroc, fpr), (auroc8, _) = sweep_deltas(x), sweep_deltas(q)
             out.append(
                 f"| [{r['run'].name}]({r['run'].name}/) | {m['scope']} / {m.get('channels', 'all')} / {m['kd_from']} "
                 f"| {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {m['epochs']} | {m['val_auroc']:.3f} "
-                f"| {x.auroc:.3f} | {json_ci(x.auroc_delta_pt, x.auroc_delta_pt_ci95, x.auroc_delta_pt_verdict)} | {fpr} "
-                f"| {'met' if ok else 'not met'} "
-                f"| {json_ci(q.auroc_delta_pt, q.auroc_delta_pt_ci95, q.auroc_delta_pt_verdict)} | {'met' if ok8 else 'not met'} |"
+                f"| {x.auroc:.3f} | {auroc} | {fpr} | {'met' if ok else 'not met'} | {auroc8} "
+                f"| {'met' if ok8 else 'not met'} |"
             )
     said = "met by " + ", ".join(met) if met else "met by none of them"
     kd = runs[0]
