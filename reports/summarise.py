@@ -36,7 +36,14 @@ def read(run):
         "prune": {p.stem: json.loads(p.read_text()) for p in sorted((run / "metrics/prune").glob("*.json"))},
         "train": {p.stem: json.loads(p.read_text()) for p in run.glob("metrics/*.json")},
         "experiment": json.loads((run / "experiment.json").read_text()),
+        "lock": yaml.safe_load((run / "dvc.lock").read_text())["stages"],
     }
+
+
+def pruned_hash(r, model="student_pruned"):
+    """md5 of the run's pruned model, from its dvc.lock: equal in two runs = the same model (prune reused)."""
+    stage = r["lock"].get("prune" if model == "student_pruned" else f"prune_sweep@{model.rsplit('_r', 1)[-1]}", {})
+    return next((o["md5"] for o in stage.get("outs", []) if o["path"].endswith("/model.pt")), None)
 
 
 def delta(row, key):
@@ -187,12 +194,15 @@ def summary(runs):
            "| run | scope / channels / KD from | removed % | MACs (M) | fine-tune epochs | val AUROC | test AUROC | "
            "Δ AUROC, pt | Δ FPR @95 % recall, pt | target | INT8: Δ AUROC, pt | INT8 target |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    met, gaps = [], []
+    met, gaps, seen = [], [], set()
     for r in runs:
         sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv")
         base = sweep.loc[sweep.ratio_pct == 0, "macs_m"].iloc[0]
         int8 = sweep[sweep.recipe == "int8_static_pc"].set_index("model")
         for _, x in sweep[(sweep.recipe == "ort_fp32") & (sweep.ratio_pct > 0)].sort_values("ratio_pct").iterrows():
+            if pruned_hash(r, x.model) in seen:
+                continue  # the same pruned model as an earlier run's (a recipe study on it): its own section says so
+            seen.add(pruned_hash(r, x.model))
             m, q = r["prune"][x.model], int8.loc[x.model]
             ok, ok8 = recovered(x, base), recovered(q, base)
             met += [f"{r['run'].name} at {x.ratio_pct} % ({'FP32' if ok else ''}{' and ' if ok and ok8 else ''}"
@@ -215,8 +225,8 @@ def summary(runs):
             f"epoch of their fine-tune) minus their test AUROC ranges from {min(gaps):+.1f} to {max(gaps):+.1f} pt.", ""]  # fmt: skip
 
 
-def knobs(changes):
-    return ", ".join(f"`{k}={v}`" for k, v in changes.items() if k.startswith("prune."))
+def knobs(changes, keys=("prune.",)):
+    return ", ".join(f"`{k}={v}`" for k, v in changes.items() if k.startswith(keys))
 
 
 def sentence(text):
@@ -256,12 +266,17 @@ def recovery_readme(run, minutes, *more):
     out += summary([r, *others])
     out += [f"## {r['run'].name}: {knobs(changed_params(r['params'], main_params))}", "", "### Against the unpruned distilled student (paired, same recipe)", "",
             *against_unpruned(r), *teacher_target(r, "###")]  # fmt: skip
-    for other, other_minutes in zip(more[::2], more[1::2], strict=True):
-        p = read(other)
+    for p, other_minutes in zip(others, more[1::2], strict=True):
         e, name = p["experiment"], p["run"].name
         changes = changed_params(p["params"], main_params)
         said = [note for key, note in KNOB_NOTES.items() if key in changes]
-        out += ["", f"## {name}: {knobs(changes)}",
+        same = [o["run"].name for o in [r, *others[: others.index(p)]] if pruned_hash(o) == pruned_hash(p)]
+        if same:  # a recipe study: the pruned model is an earlier run's, its prune stage reused from the cache
+            said = [
+                f"the pruned model is {same[0]}'s (the same md5 in both dvc.lock files: prune reused from the "
+                "cache); what changes is the INT8 recipes it is quantized with"
+            ]
+        out += ["", f"## {name}: {knobs(changes, ('prune.', 'compare.recipes') if same else ('prune.',))}",
                 "", sentence("; ".join(said)),
                 f"One `dvc repro` (run commit `{e['experiment_commit'][:7]}` on code `{e['baseline_commit'][:7]}`, "
                 f"upstream stages reused), wall time {other_minutes}; its report: [REPORT.md]({name}/REPORT.md). "
