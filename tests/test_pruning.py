@@ -118,6 +118,15 @@ def test_residual_layers_ignore_se_gates():
     assert not expansions & set(kept)
 
 
+def test_inner_channels_prune_a_convnext_mlp_and_keep_its_residual_width():
+    """ConvNeXt's MLP is two Linears on NHWC tokens: their bias adds are not residual adds."""
+    model = models.build("convnext_tiny", 2, depths=(1, 1, 1, 1)).eval()
+    before = [(b.mlp.fc1.out_features, b.mlp.fc2.out_features) for s in model.net.stages for b in s.blocks]
+    pruned, _ = pruning.prune_structured(model, SIZE, config(channels="inner"))
+    after = [(b.mlp.fc1.out_features, b.mlp.fc2.out_features) for s in pruned.net.stages for b in s.blocks]
+    assert all(a[0] < b[0] and a[1] == b[1] for a, b in zip(after, before, strict=True)), (before, after)
+
+
 def test_epochs_split_over_steps():
     assert pruning.epochs_per_step(2, 1) == [2] and pruning.epochs_per_step(5, 2) == [2, 3]
 

@@ -77,13 +77,13 @@ def protected_layers(model):
 
 def residual_layers(model, image_size):
     """Layers whose output channels pass through a residual add (Torch-Pruning traces `x + block(x)` as an
-    element-wise op coupling them): one per group is enough to keep the whole group. SE gates multiply, so
-    they do not count."""
+    element-wise op, AddBackward0, coupling them): one per group is enough to keep the whole group. SE gates
+    multiply, and a Linear's own bias add on token/NHWC inputs is AddmmBackward0, so neither counts."""
     graph = tp.DependencyGraph().build_dependency(model.eval(), torch.rand(1, 3, image_size, image_size))
     kept = []
     for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
         adds = [d for d, _ in group if isinstance(d.target.module, tp.ops._ElementWiseOp)
-                and "Add" in str(d.target.module._grad_fn)]  # fmt: skip
+                and str(d.target.module._grad_fn) == "AddBackward0"]  # fmt: skip
         if adds:
             kept.append(next(d.target.module for d, _ in group if graph.is_out_channel_pruning_fn(d.handler)))
     return kept
