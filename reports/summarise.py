@@ -205,8 +205,8 @@ def summary(runs):
             seen.add(pruned_hash(r, x.model))
             m, q = r["prune"][x.model], int8.loc[x.model]
             ok, ok8 = recovered(x, base), recovered(q, base)
-            met += [f"{r['run'].name} at {x.ratio_pct} % ({'FP32' if ok else ''}{' and ' if ok and ok8 else ''}"
-                    f"{'INT8' if ok8 else ''})"] if ok or ok8 else []  # fmt: skip
+            forms = [form for form, passed in (("FP32", ok), ("INT8", ok8)) if passed]
+            met += [f"{r['run'].name} at {x.ratio_pct} % ({' and '.join(forms)})"] if forms else []
             gaps.append(100 * (m["val_auroc"] - x.auroc))
             (auroc, fpr), (auroc8, _) = sweep_deltas(x), sweep_deltas(q)
             out.append(
@@ -259,12 +259,12 @@ def recovery_readme(run, minutes, *more):
         "The distilled student pruned at 25 % (then the default ratio) and 40 % of channels with the default recipe "
         "(L2 group importance, uniform, one shot) but a 32-epoch KD fine-tune instead of the default 8, each in "
         "ONNX Runtime FP32 and static INT8, against the unpruned distilled student and the FP32 teacher.",
-        f"dvc exp run {set_args(changed_params(r['params'], main_params))}",
+        f"dvc exp run {set_args(first := changed_params(r['params'], main_params))}",
         minutes,
     )
     others = [read(o) for o in more[::2]]
     out += summary([r, *others])
-    out += [f"## {r['run'].name}: {knobs(changed_params(r['params'], main_params))}", "", "### Against the unpruned distilled student (paired, same recipe)", "",
+    out += [f"## {r['run'].name}: {knobs(first)}", "", "### Against the unpruned distilled student (paired, same recipe)", "",
             *against_unpruned(r), *teacher_target(r, "###")]  # fmt: skip
     for p, other_minutes in zip(others, more[1::2], strict=True):
         e, name = p["experiment"], p["run"].name
