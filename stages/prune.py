@@ -46,7 +46,8 @@ def parser(doc, sweep=False):
 
 def run(p, sec, args):
     """Load -> prune (with fine-tunes between and after steps) -> save model, card and metrics."""
-    params.setup(p["base"])
+    base = p["base"] if sec["seed"] is None else {**p["base"], "seed": sec["seed"]}  # prune.seed: replicate a run
+    params.setup(base)
     distributed.launch(p["train"]["processes"])
     size = p["base"]["image_size"]
     student, card = models.load(args.student)
@@ -69,7 +70,7 @@ def run(p, sec, args):
         recipe = {**p["train"], "epochs": epochs, "lr": lr}
         with tempfile.TemporaryDirectory() as scratch:
             live = args.live_dir if step == steps - 1 else scratch
-            model, best = training.fit(model, train_xy, val_xy, recipe, live, p["base"], teacher, p["distill"])
+            model, best = training.fit(model, train_xy, val_xy, recipe, live, base, teacher, p["distill"])
         history.append(best)
         return model
 

@@ -389,6 +389,38 @@ def test_quantize_param_puts_only_its_quantize_stages_out_of_date(repo):
     assert not (stale | before) & UPSTREAM
 
 
+def test_prune_seed_reruns_only_pruning_and_replicates_or_varies_the_fine_tune(repo, tmp_path):
+    """prune.seed: null is base.seed (the same model as the committed run), another value another fine-tune,
+    and in dvc.yaml it puts prune and what follows out of date, never the teacher, student or distillation."""
+    repo, _ = repo
+    text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["prune"]["seed"] = 7
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        stale = out_of_date(repo)
+    finally:
+        (repo / "params.yaml").write_text(text)
+    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
+
+    def pruned(seed):  # the prune stage itself, run on the tiny repo's data and models with prune.seed = seed
+        work = tmp_path / f"seed-{seed}"
+        work.mkdir()
+        (work / "params.yaml").write_text(yaml.safe_dump({**params, "prune": {**params["prune"], "seed": seed}}))
+        args = [repo / "data/prepared", repo / "artifacts/student_kd/model.pt", repo / "artifacts/teacher/model.pt",
+                work / "out", work / "live", work / "m.json"]  # fmt: skip
+        sh([sys.executable, "-m", "stages.prune", *map(str, args)], work, env={"PYTHONPATH": str(ROOT)})
+        return torch.load(work / "out/model.pt", weights_only=True)["state"]
+
+    committed = torch.load(repo / "artifacts/student_pruned/model.pt", weights_only=True)["state"]
+    same, other = pruned(params["base"]["seed"]), pruned(7)
+    weights = [name for name, t in committed.items() if t.is_floating_point()]
+    assert weights and same.keys() == other.keys() == committed.keys()
+    for name in weights:
+        torch.testing.assert_close(same[name], committed[name], msg=name)
+    assert any(not torch.equal(other[n], committed[n]) for n in weights), "prune.seed=7 trained the same weights"
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_plots_render_offline_with_data(repo, tmp_path):
     """`dvc plots show` -> HTML with Vega inlined; Chromium draws every plot with data, no network."""

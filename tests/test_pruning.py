@@ -164,6 +164,7 @@ def prune_section(root):
         ("max_ratio", 1.0, r"prune\.max_ratio=1\.0.*\(0, 1\)"),
         ("iterative_steps", 0, r"prune\.iterative_steps=0.*integer >= 1"),
         ("round_to", 0, r"prune\.round_to=0.*integer >= 1"),
+        ("seed", -1, r"prune\.seed=-1.*integer >= 0"),
     ],
 )
 def test_bad_prune_params_name_key_value_and_allowed(prune_section, key, value, message):

@@ -57,6 +57,8 @@ def check(sec, key="prune", fams=None):
     params.check_int(f"{key}.epochs", sec["epochs"], sec["iterative_steps"])
     params.check_range(f"{key}.lr_scale", sec["lr_scale"], 0, 10, lo_inclusive=False)
     params.check_int(f"{key}.taylor_batches", sec["taylor_batches"], 1)
+    if sec["seed"] is not None:
+        params.check_int(f"{key}.seed", sec["seed"], 0)
     return sec
 
 

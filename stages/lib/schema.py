@@ -55,6 +55,7 @@ SCHEMA = {
         "source": {"student_kd", "student", "teacher"},
         "round_to": int,
         "taylor_batches": int,
+        "seed": int | None,
         "sweep": list[int],
     },
     "sparsify": {"models": dict, "epochs": int, "lr_scale": float},  # each model: lib/sparsity.py
