@@ -97,14 +97,20 @@ def publish(partial, out, path):
     return out / path.name
 
 
-def fallback(static, target, x_sens, k):
-    """Per-layer sensitivity of the static INT8 graph; with k > 0, re-quantize keeping the k worst in float."""
+def fallback(static, target, x_sens, k, threads):
+    """Per-layer sensitivity of the static INT8 graph; with k > 0, re-quantize keeping in float the k layers whose
+    INT8 alone costs the logits most (lib/sensitivity.py says why not the cheaper input-noise ranking)."""
     rows = sensitivity.layer_sensitivity(static["prep"], target, x_sens)
-    keep = sensitivity.most_sensitive(rows, k)
-    if keep:
-        quantization.quantize_static_qdq(static["prep"], target, cache=static["cache"], op_types=static["ops"],
-                                         exclude=keep, **static["opts"])  # fmt: skip
     out = {f"sensitive_{i + 1}": r for i, r in enumerate(rows[:5])}
+    keep = []
+    if k:
+        prep, kw = static["prep"], {"cache": static["cache"], "op_types": static["ops"], **static["opts"]}
+        ranked = sensitivity.output_sensitivity(
+            prep, [r["node"] for r in rows], x_sens, threads,
+            quantize_only=lambda names, path: quantization.quantize_static_qdq(prep, path, only=names, **kw))  # fmt: skip
+        keep = sensitivity.most_sensitive(ranked, k)
+        quantization.quantize_static_qdq(prep, target, exclude=keep, **kw)
+        out |= {f"output_sensitive_{i + 1}": r for i, r in enumerate(ranked[:5])}
     return {"layers_quantized": len(rows), "fp32_layers_kept": keep, **out}
 
 
@@ -169,7 +175,8 @@ def main():
         for extra in ("clustering", "qat"):
             stats |= static.pop(extra, {})
         if static:
-            stats |= fallback(static, path, x_val[: q["sensitivity_images"]], setting["fp32_layers"])
+            x_sens = x_val[: q["sensitivity_images"]]
+            stats |= fallback(static, path, x_sens, setting["fp32_layers"], p["base"]["threads"])
             stats["calibration_images"] = len(calib)
         path = publish(Path(partial), out, path)
     info = {"variant": args.variant, "model": Path(args.model).parent.name, "recipe": args.recipe, "kind": kind,

@@ -144,6 +144,38 @@ def test_cache_replaces_calibration_and_fallback_keeps_the_most_sensitive_layers
     assert agreement(mixed, x, logits) >= 0.7
 
 
+def test_output_sensitivity_quantizes_one_layer_at_a_time_and_its_worst_layers_fall_back(fp32, tmp_path):
+    path, x, logits = fp32
+    prep = quantization.preprocess(path, tmp_path / "prep.onnx")
+    cache = tmp_path / "calib.json"
+    full = quantization.quantize_static_qdq(prep, tmp_path / "a.onnx", crops(8, SIZE, 0), cache=cache,
+                                            preprocessed=True)  # fmt: skip
+    rows = sensitivity.layer_sensitivity(prep, full, x[:4])
+    one_layer = []  # what each one-layer model runs in INT8
+
+    def only(names, out):
+        model = quantization.quantize_static_qdq(prep, out, cache=cache, only=names, preprocessed=True)
+        one_layer.append((names, quantization.int8_nodes(model)))
+        return model
+
+    ranked = sensitivity.output_sensitivity(prep, [r["node"] for r in rows], x[:8], 2, only)
+    assert sorted(r["node"] for r in ranked) == sorted(r["node"] for r in rows)
+    sqnr = [r["sqnr_db"] for r in ranked]
+    assert sqnr == sorted(sqnr) and sqnr[0] < sqnr[-1]
+    assert all(set(int8) == {names[0]} for names, int8 in one_layer), one_layer  # the layer, its Clip fused in
+    assert sum(bool(r["fused"]) for r in ranked) > len(ranked) // 3  # Lite0's expansion and depthwise convs: ReLU6
+
+    def logit_sqnr(model):
+        out = runtime.load_runner(model, "onnxruntime", threads=2)(x)
+        return 10 * np.log10(np.sum(logits.astype(np.float64) ** 2) / np.sum((logits - out).astype(np.float64) ** 2))
+
+    keep = sensitivity.most_sensitive(ranked, 3)
+    assert len(keep) == 3 + sum(len(r["fused"]) for r in ranked[:3])
+    mixed = quantization.quantize_static_qdq(prep, tmp_path / "c.onnx", cache=cache, exclude=keep, preprocessed=True)
+    assert not set(keep) & set(quantization.int8_nodes(mixed))
+    assert logit_sqnr(mixed) > logit_sqnr(full) + 1  # their noise, carried to the logits, was the most
+
+
 def test_unknown_recipe_kind_option_or_value_stops_with_key_value_and_allowed():
     menu = {"int8": {"kind": "ort_static", **STATIC}}
     with pytest.raises(ParamError, match=r"recipe='int9'.*expected one of \['int8'\]"):

@@ -103,12 +103,12 @@ def preprocess(fp32_path, out_path):
 
 def quantize_static_qdq(fp32_path, int8_path, calib_x=None, cache=None, per_channel=True, calibrate_method="minmax",
                         activation_type="uint8", weight_type="int8", reduce_range=False, op_types=None,
-                        exclude=(), preprocessed=False):  # fmt: skip
+                        exclude=(), only=None, preprocessed=False):  # fmt: skip
     """Static INT8 (QDQ) of an FP32 ONNX model.
 
     Ranges come from `calib_x` (N,3,S,S float32), or from `cache` (calibration JSON) when that file
     exists; with `cache` given, freshly computed ranges are written there. `exclude`: node names kept
-    in float; `op_types`: the op types to quantize (None = all ORT can); when given, their outputs stay
+    in float; `only`: node names, the only ones quantized (None: all); `op_types`: the op types to quantize (None = all ORT can); when given, their outputs stay
     float too (ORT quantizes a MatMul's output by default, which would hand the Softmax, LayerNorm or
     residual Add after it quantized inputs: DQ -> MatMul then runs as MatMulIntegerToFloat). `preprocessed`: `fp32_path` already
     went through `preprocess` (node names then match the graph a sensitivity analysis ran on).
@@ -137,6 +137,7 @@ def quantize_static_qdq(fp32_path, int8_path, calib_x=None, cache=None, per_chan
         activation_type=ACTIVATION_TYPES[activation_type],
         weight_type=WEIGHT_TYPES[weight_type],
         nodes_to_exclude=list(exclude),
+        nodes_to_quantize=None if only is None else list(only),
         calibrate_method=CALIBRATION_METHODS[calibrate_method],
         calibration_cache_path=None if cache is None else str(cache),
         extra_options=None if op_types is None else {"OpTypesToExcludeOutputQuantization": list(op_types)},

@@ -1,18 +1,28 @@
 """Per-layer INT8 sensitivity, and which layers a mixed-precision recipe keeps in float.
 
-For each node that computes in INT8 (Conv, MatMul, Gemm ...), the quantization noise it sees is
-that of its inputs: each activation's QuantizeLinear -> DequantizeLinear round trip, applied to
-the activations the *FP32* graph produces on validation images (ONNX Runtime's `qdq_loss_debug`
-exposes every intermediate tensor), and its weight's (dequantized vs float). Measuring the round
-trip on float activations keeps the error local: what upstream layers already lost does not count
-against this one. Each is a signal-to-quantization-noise ratio (SQNR, dB, against the value clipped
-to the representable range, as the calibrated range clips it); the node's noise is their sum in
-linear power, so its SQNR is
+Two measures, both on validation images:
+
+`layer_sensitivity` (every static recipe reports its five lowest as sensitive_1..5; cheap): for each node
+that computes in INT8 (Conv, MatMul, Gemm ...), the quantization noise it sees at its inputs: each
+activation's QuantizeLinear -> DequantizeLinear round trip, applied to the activations the *FP32* graph
+produces (ONNX Runtime's `qdq_loss_debug` exposes every intermediate tensor), and its weight's
+(dequantized vs float). Each is a signal-to-quantization-noise ratio (SQNR, dB, against the value clipped
+to the representable range, as the calibrated range clips it); the node's noise is their sum in linear
+power, so its SQNR is
 
     sqnr_db = -10 log10(sum over inputs of 10^(-sqnr_i / 10)).
 
-The lowest SQNR is the most sensitive node: `fp32_layers: k` keeps the k lowest in float. Only
-layers with weights (Conv, MatMul, Gemm) are ranked: excluding one keeps its weights and arithmetic
+`output_sensitivity` (what `fp32_layers: k` keeps in float): the SQNR of the *logits* when that one layer
+(with the activation fused into it) runs in INT8 and every other layer in float, with the recipe's own
+settings and calibrated ranges: the layer's noise as the rest of the network carries it to the output.
+The two disagree where the network amplifies noise. Measured (reports/int8_pruned): on the distilled and
+the pruned Lite0 students the input-noise ranking picks late 1x1 convs whose own INT8 costs the logits
+almost nothing (44-48 dB), while the stem conv and its depthwise conv, ranked harmless by their inputs,
+are the layers whose INT8 alone costs the logits most (10-25 dB); keeping those two in float restores the
+globally pruned student's INT8 model. It costs one re-quantization (from the calibration cache) and one
+pass over the images per layer, so it runs only when a recipe keeps layers in float.
+
+Only layers with weights (Conv, MatMul, Gemm) are ranked: excluding one keeps its weights and arithmetic
 float. A weightless op (a residual Add) between quantized layers would still be fused into an INT8
 kernel by ONNX Runtime (its inputs and output are quantized for its neighbours), so it cannot fall back.
 """
@@ -107,6 +117,40 @@ def _weight_names(node, graph):
     return names
 
 
+def fused_activation(graph, name):
+    """The Clip / Relu that is a Conv's only consumer: the quantizer folds it into the Conv's output range (the
+    QDQ graph has no Clip; the Conv writes its tensor), so the two are quantized or kept in float together."""
+    node = next(n for n in graph.node if n.name == name)
+    after = [n for n in graph.node if node.output[0] in n.input]
+    return (
+        [after[0].name] if node.op_type == "Conv" and len(after) == 1 and after[0].op_type in ("Clip", "Relu") else []
+    )
+
+
+def output_sensitivity(float_path, nodes, x, threads, quantize_only):
+    """Per node of `nodes`, the SQNR (dB) of the logits on images `x` when only that node (and its fused
+    activation) is INT8, lowest first: [{"node", "fused", "sqnr_db"}].
+
+    `float_path`: the preprocessed float graph the recipe quantized; `quantize_only(names, out_path)` writes it
+    with only `names` quantized, with the recipe's settings and cached ranges.
+    """
+    from stages.lib import runtime
+
+    def logits(path):
+        return runtime.load_runner(path, "onnxruntime", threads)(np.ascontiguousarray(x, dtype=np.float32))
+
+    graph = onnx.load(str(float_path), load_external_data=False).graph
+    reference = logits(float_path)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
+        for name in nodes:
+            fused = fused_activation(graph, name)
+            noisy = logits(quantize_only([name, *fused], Path(tmp) / "one.onnx"))
+            sqnr = _sqnr([reference], [noisy])
+            rows.append({"node": name, "fused": fused, "sqnr_db": round(sqnr, 2) if math.isfinite(sqnr) else None})
+    return sorted(rows, key=lambda r: math.inf if r["sqnr_db"] is None else r["sqnr_db"])
+
+
 def most_sensitive(rows, k):
-    """Names of the k most sensitive nodes (lowest SQNR) to keep in float."""
-    return [r["node"] for r in rows[:k]]
+    """Names of the k most sensitive nodes (lowest SQNR) to keep in float, with their fused activations."""
+    return [n for r in rows[:k] for n in (r["node"], *r.get("fused", []))]
