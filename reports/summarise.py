@@ -154,6 +154,8 @@ KNOB_NOTES = {
     "the pruned one is judged against, instead of the teacher's",
     "prune.scope": "one L2 ranking over all layers (`global`; isomorphic groups, at most `max_ratio` of any one "
     "layer): layers lose what matters least, at the ratio that gives about the same MACs",
+    "prune.seed": "the prune fine-tunes shuffle and augment with another seed (`prune.seed`; null is base.seed): "
+    "the same recipe, another draw, to see whether a borderline result holds",
     "prune.channels": "only the blocks' inner width (the MBConv expansions) is pruned (`inner`); the residual stream "
     "every block adds to is kept whole, so a larger share of the inner channels goes for the same MACs",
 }
@@ -191,10 +193,10 @@ def summary(runs):
            "stages shared), ONNX Runtime FP32; the last two columns repeat the target check for both after static "
            "INT8 (`int8_static_pc`), the form a CPU deployment ships. The sections below give each run's full rows, "
            "command and report.", "",
-           "| run | scope / channels / KD from | removed % | MACs (M) | fine-tune epochs | val AUROC | test AUROC | "
+           "| run | scope / channels / KD from | removed % | MACs (M) | fine-tune epochs | seed | val AUROC | test AUROC | "
            "Δ AUROC, pt | Δ FPR @95 % recall, pt | target | INT8: Δ AUROC, pt | INT8 target |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    met, gaps, seen = [], [], set()
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    met, gaps, seen, recipes = [], [], set(), {}
     for r in runs:
         sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv")
         base = sweep.loc[sweep.ratio_pct == 0, "macs_m"].iloc[0]
@@ -209,20 +211,40 @@ def summary(runs):
             met += [f"{r['run'].name} at {x.ratio_pct} % ({' and '.join(forms)})"] if forms else []
             gaps.append(100 * (m["val_auroc"] - x.auroc))
             (auroc, fpr), (auroc8, _) = sweep_deltas(x), sweep_deltas(q)
+            seed = prune_seed(r["params"])
+            recipe = f"{m['scope']} / {m.get('channels', 'all')} / {m['kd_from']}"
+            recipes.setdefault((recipe, x.ratio_pct, m["epochs"]), []).append((seed, ok, ok8))
             out.append(
-                f"| [{r['run'].name}]({r['run'].name}/) | {m['scope']} / {m.get('channels', 'all')} / {m['kd_from']} "
-                f"| {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {m['epochs']} | {m['val_auroc']:.3f} "
+                f"| [{r['run'].name}]({r['run'].name}/) | {recipe} | {x.ratio_pct} | {x.macs_m:.1f} "
+                f"({x.macs_m / base - 1:+.0%}) | {m['epochs']} | {seed} | {m['val_auroc']:.3f} "
                 f"| {x.auroc:.3f} | {auroc} | {fpr} | {'met' if ok else 'not met'} | {auroc8} "
                 f"| {'met' if ok8 else 'not met'} |"
             )
     said = "met by " + ", ".join(met) if met else "met by none of them"
+    replicated = [f"{recipe} at {pct} %, {epochs} epochs: FP32 target met with {seeds_met(draws, 1)}, INT8 with "
+                  f"{seeds_met(draws, 2)}" for (recipe, pct, epochs), draws in recipes.items() if len(draws) > 1]  # fmt: skip
+    seeds = ["", "The same recipe with other fine-tune seeds (`prune.seed`; parent, teacher and split unchanged): "
+             + "; ".join(replicated) + "."] if replicated else []  # fmt: skip
     kd = runs[0]
     kd_val, kd_test = kd["train"]["distill"]["val_auroc"], kd["table"].loc["student_kd_ort_fp32", "auroc"]
     return [*out, "", f"Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼): {said}; "
             f"{len(gaps)} pruned models in this folder, so a pass at the edge of its interval is weak evidence.",
+            *seeds,
             "", f"The unpruned distilled student scores val AUROC {kd_val:.3f} and test {kd_test:.3f} (its best of "
             f"{kd['params']['train']['epochs']} epochs chosen on validation); the pruned models' validation AUROC (best "
             f"epoch of their fine-tune) minus their test AUROC ranges from {min(gaps):+.1f} to {max(gaps):+.1f} pt.", ""]  # fmt: skip
+
+
+def prune_seed(params):
+    """The prune fine-tunes' seed: prune.seed, or base.seed when that is null (or the run predates the key)."""
+    seed = params["prune"].get("seed")
+    return params["base"]["seed"] if seed is None else seed
+
+
+def seeds_met(draws, col):
+    """'seeds 42, 1 (1 of 2)': the seeds whose model met the target (col 1: FP32, 2: INT8), out of all tried."""
+    passed = [str(d[0]) for d in draws if d[col]]
+    return f"{'seed ' + ', '.join(passed) if passed else 'no seed'} ({len(passed)} of {len(draws)})"
 
 
 def knobs(changes, keys=("prune.",)):
