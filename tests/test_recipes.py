@@ -122,12 +122,17 @@ def test_entropy_and_percentile_calibration_clip_what_minmax_keeps(fp32, tmp_pat
         assert len(narrower) > len(minmax) // 10, method  # measured: entropy ~85 %, percentile ~20 % of tensors
 
 
+def static_int8(path, folder):
+    """(preprocessed float graph, calibration cache, static INT8 model calibrated on 8 crops) in `folder`."""
+    prep = quantization.preprocess(path, folder / "prep.onnx")
+    cache = folder / "calib.json"
+    model = quantization.quantize_static_qdq(prep, folder / "a.onnx", crops(8, SIZE, 0), cache=cache, preprocessed=True)
+    return prep, cache, model
+
+
 def test_cache_replaces_calibration_and_fallback_keeps_the_most_sensitive_layers_float(fp32, tmp_path):
     path, x, logits = fp32
-    prep = quantization.preprocess(path, tmp_path / "prep.onnx")
-    cache = tmp_path / "calib.json"
-    first = quantization.quantize_static_qdq(prep, tmp_path / "a.onnx", crops(8, SIZE, 0), cache=cache,
-                                             preprocessed=True)  # fmt: skip
+    prep, cache, first = static_int8(path, tmp_path)
     again = quantization.quantize_static_qdq(prep, tmp_path / "b.onnx", None, cache=cache, preprocessed=True)
     assert first.read_bytes() == again.read_bytes()  # same ranges from the cache, no images needed
 
@@ -146,10 +151,7 @@ def test_cache_replaces_calibration_and_fallback_keeps_the_most_sensitive_layers
 
 def test_output_sensitivity_quantizes_one_layer_at_a_time_and_its_worst_layers_fall_back(fp32, tmp_path):
     path, x, logits = fp32
-    prep = quantization.preprocess(path, tmp_path / "prep.onnx")
-    cache = tmp_path / "calib.json"
-    full = quantization.quantize_static_qdq(prep, tmp_path / "a.onnx", crops(8, SIZE, 0), cache=cache,
-                                            preprocessed=True)  # fmt: skip
+    prep, cache, full = static_int8(path, tmp_path)
     rows = sensitivity.layer_sensitivity(prep, full, x[:4])
     one_layer = []  # what each one-layer model runs in INT8
 
