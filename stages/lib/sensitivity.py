@@ -15,11 +15,11 @@ power, so its SQNR is
 `output_sensitivity` (what `fp32_layers: k` keeps in float): the SQNR of the *logits* when that one layer
 (with the activation fused into it) runs in INT8 and every other layer in float, with the recipe's own
 settings and calibrated ranges: the layer's noise as the rest of the network carries it to the output.
-The two disagree where the network amplifies noise. Measured (reports/int8_pruned): on the distilled and
-the pruned Lite0 students the input-noise ranking picks late 1x1 convs whose own INT8 costs the logits
-almost nothing (44-48 dB), while the stem conv and its depthwise conv, ranked harmless by their inputs,
-are the layers whose INT8 alone costs the logits most (10-25 dB); keeping those two in float restores the
-globally pruned student's INT8 model. It costs one re-quantization (from the calibration cache) and one
+The two disagree where the network amplifies noise. Measured (reports/int8_pruned has the numbers): on the
+distilled and the pruned Lite0 students the input-noise ranking picks late convs whose own INT8 costs the
+logits almost nothing, while the stem conv and its depthwise conv, not near the top by their inputs, are the
+layers whose INT8 alone costs the logits most; keeping those two in float repaired the one pruned student
+whose INT8 model had broken. It costs one re-quantization (from the calibration cache) and one
 pass over the images per layer, so it runs only when a recipe keeps layers in float.
 
 Only layers with weights (Conv, MatMul, Gemm) are ranked: excluding one keeps its weights and arithmetic
