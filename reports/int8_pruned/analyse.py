@@ -81,8 +81,7 @@ def quantized_ranges(graph):
 
 
 def sqnr_db(reference, noisy):
-    reference, noisy = np.asarray(reference, np.float64), np.asarray(noisy, np.float64)
-    return round(float(10 * np.log10(np.sum(reference**2) / max(np.sum((reference - noisy) ** 2), 1e-30))), 2)
+    return round(sensitivity.sqnr_db([reference], [noisy]), 2)
 
 
 def analyse(name, checkout, model, scratch):

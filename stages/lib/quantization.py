@@ -108,10 +108,11 @@ def quantize_static_qdq(fp32_path, int8_path, calib_x=None, cache=None, per_chan
 
     Ranges come from `calib_x` (N,3,S,S float32), or from `cache` (calibration JSON) when that file
     exists; with `cache` given, freshly computed ranges are written there. `exclude`: node names kept
-    in float; `only`: node names, the only ones quantized (None: all); `op_types`: the op types to quantize (None = all ORT can); when given, their outputs stay
-    float too (ORT quantizes a MatMul's output by default, which would hand the Softmax, LayerNorm or
-    residual Add after it quantized inputs: DQ -> MatMul then runs as MatMulIntegerToFloat). `preprocessed`: `fp32_path` already
-    went through `preprocess` (node names then match the graph a sensitivity analysis ran on).
+    in float; `only`: node names, the only ones quantized (None: all). `op_types`: the op types to
+    quantize (None = all ORT can); when given, their outputs stay float too (ORT quantizes a MatMul's
+    output by default, which would hand the Softmax, LayerNorm or residual Add after it quantized inputs:
+    DQ -> MatMul then runs as MatMulIntegerToFloat). `preprocessed`: `fp32_path` already went through
+    `preprocess` (node names then match the graph a sensitivity analysis ran on).
     """
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     prepped = int8_path.with_name(int8_path.stem + "_prep.onnx")

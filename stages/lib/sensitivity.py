@@ -38,7 +38,7 @@ from onnx import numpy_helper
 from stages.lib import quantization
 
 
-def _sqnr(reference, noisy):
+def sqnr_db(reference, noisy):
     """SQNR in dB over every value of the paired arrays (inf when identical)."""
     ref = np.concatenate([np.asarray(a, np.float64).ravel() for a in reference])
     err = ref - np.concatenate([np.asarray(a, np.float64).ravel() for a in noisy])
@@ -68,7 +68,7 @@ def fake_quant_sqnr(x, scale, zero_point):
     x = np.asarray(x, np.float64)
     q = np.clip(np.round(x / scale) + zp, info.min, info.max)
     ref = np.clip(x, (info.min - zp) * scale, (info.max - zp) * scale)
-    return _sqnr([ref], [(q - zp) * scale])
+    return sqnr_db([ref], [(q - zp) * scale])
 
 
 def layer_sensitivity(float_path, qdq_path, x):
@@ -87,7 +87,7 @@ def layer_sensitivity(float_path, qdq_path, x):
     acts = {k: np.concatenate([np.ravel(a) for a in v]) for k, v in acts.items()}
     acts["image"] = x.ravel()
     weights = dbg.create_weight_matching(str(float_path), str(qdq_path))
-    w_sqnr = {t: _sqnr([m["float"]], [m["dequantized"]]) for t, m in weights.items()}
+    w_sqnr = {t: sqnr_db([m["float"]], [m["dequantized"]]) for t, m in weights.items()}
 
     qdq = onnx.load(str(qdq_path), load_external_data=False).graph
     qparams, int8 = _activation_qparams(qdq), quantization.int8_nodes_of(qdq)
@@ -146,7 +146,7 @@ def output_sensitivity(float_path, nodes, x, threads, quantize_only):
         for name in nodes:
             fused = fused_activation(graph, name)
             noisy = logits(quantize_only([name, *fused], Path(tmp) / "one.onnx"))
-            sqnr = _sqnr([reference], [noisy])
+            sqnr = sqnr_db([reference], [noisy])
             rows.append({"node": name, "fused": fused, "sqnr_db": round(sqnr, 2) if math.isfinite(sqnr) else None})
     return sorted(rows, key=lambda r: math.inf if r["sqnr_db"] is None else r["sqnr_db"])
 
