@@ -52,6 +52,9 @@ def check(sec, key="prune", fams=None):
     if sec["scope"] == "global" and sec["max_ratio"] < sec["ratio"]:
         raise params.ParamError(f"{key}.max_ratio={sec['max_ratio']!r} is below {key}.ratio={sec['ratio']!r}; "
                                 f"expected max_ratio >= ratio (the cap on any one layer)")  # fmt: skip
+    if sec.get("source") == "student_init" and sec["kd_from"] == "parent":
+        raise params.ParamError(f"{key}.kd_from='parent' with {key}.source='student_init' would distil an untrained "
+                                f"head; expected {key}.kd_from='teacher' for a model pruned before training")  # fmt: skip
     params.check_int(f"{key}.iterative_steps", sec["iterative_steps"], 1)
     params.check_int(f"{key}.round_to", sec["round_to"], 1)
     params.check_int(f"{key}.epochs", sec["epochs"], sec["iterative_steps"])

@@ -52,7 +52,7 @@ SCHEMA = {
         "lr_scale": float,
         "kd_from": {"teacher", "parent"},
         "channels": {"all", "inner"},
-        "source": {"student_kd", "student", "teacher"},
+        "source": {"student_kd", "student", "teacher", "student_init"},
         "round_to": int,
         "taylor_batches": int,
         "seed": int | None,
