@@ -177,6 +177,11 @@ def test_fewer_epochs_than_steps_is_refused(prune_section):
         pruning.check({**prune_section, "iterative_steps": 3, "epochs": 1})
 
 
+def test_parent_kd_for_a_model_pruned_before_training_is_refused(prune_section):
+    with pytest.raises(ParamError, match=r"prune\.kd_from='parent' with prune\.source='student_init'.*'teacher'"):
+        pruning.check({**prune_section, "source": "student_init", "kd_from": "parent"})
+
+
 def test_global_cap_below_ratio_is_refused(prune_section):
     with pytest.raises(ParamError, match=r"prune\.max_ratio=0\.2 is below prune\.ratio=0\.5"):
         pruning.check({**prune_section, "scope": "global", "ratio": 0.5, "max_ratio": 0.2})

@@ -29,11 +29,17 @@ def split_variant(variant, models):
     return model, variant[len(model) + 1 :]
 
 
+def compared_with(run):
+    """The unpruned model a pruned one is judged against: the model it was pruned from, or for a model pruned
+    before any training (prune.source=student_init) the distilled student, trained in full with the same KD."""
+    source = run.get("source_model", "student_kd")
+    return "student_kd" if source == "student_init" else source
+
+
 def structured(pruned):
-    """{model: metrics} of channel-pruned models (those with MACs) and the unpruned model they came from."""
+    """{model: metrics} of channel-pruned models (those with MACs) and the unpruned models they are judged against."""
     runs = {m: r for m, r in pruned.items() if "macs_after_m" in r}
-    sources = {r.get("source_model", "student_kd") for r in runs.values()}
-    return runs, sources
+    return runs, {compared_with(r) for r in runs.values()}
 
 
 def sweep_table(ev, pruned, guards):
@@ -47,7 +53,7 @@ def sweep_table(ev, pruned, guards):
             continue
         model, recipe = split
         run = runs.get(model)
-        source = run.get("source_model", "student_kd") if run else model
+        source = compared_with(run) if run else model
         baseline = f"{source}_{recipe}"
         if baseline not in ev.evaluated:
             continue
