@@ -135,13 +135,13 @@ def against_unpruned(r):
     """Each pruned model of a run against its unpruned parent, same recipe (the report's sweep table)."""
     sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv").sort_values(["recipe", "ratio_pct"])
     base = sweep.loc[sweep.ratio_pct == 0, "macs_m"].iloc[0]
-    out = ["| recipe | removed % | MACs (M) | p50 ms | AUROC [95% CI] | Δ AUROC, pt | Δ FPR @95 % recall, pt | "
-           "fine-tune min | target |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = ["| model | recipe | removed % | MACs (M) | p50 ms | AUROC [95% CI] | Δ AUROC, pt | Δ FPR @95 % recall, pt | "
+           "fine-tune min | target |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for _, x in sweep.iterrows():
         minutes_ft = r["prune"].get(x.model, {}).get("train_minutes", "—")
         ok, (auroc, fpr) = recovered(x, base), sweep_deltas(x)
         out.append(
-            f"| {x.recipe} | {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {x.latency_ms_p50:.2f} | "
+            f"| {x.model} | {x.recipe} | {x.ratio_pct} | {x.macs_m:.1f} ({x.macs_m / base - 1:+.0%}) | {x.latency_ms_p50:.2f} | "
             f"{x.auroc:.3f} [{x.auroc_ci_low:.3f}, {x.auroc_ci_high:.3f}] | {auroc} | {fpr} | "
             f"{minutes_ft} | {'met' if ok else ('—' if x.ratio_pct == 0 else 'not met')} |"
         )
@@ -156,9 +156,16 @@ KNOB_NOTES = {
     "layer): layers lose what matters least, at the ratio that gives about the same MACs",
     "prune.seed": "the prune fine-tunes shuffle and augment with another seed (`prune.seed`; null is base.seed): "
     "the same recipe, another draw, to see whether a borderline result holds",
+    "prune.source": "the ImageNet student is pruned before any training (`student_init`) and the KD fine-tune, at "
+    "the student's own LR (`prune.lr_scale=1`), is its whole training, instead of pruning the trained student and "
+    "recovering it at a lower LR",
     "prune.channels": "only the blocks' inner width (the MBConv expansions) is pruned (`inner`); the residual stream "
     "every block adds to is kept whole, so a larger share of the inner channels goes for the same MACs",
 }
+CONTROL_NOTE = (
+    "nothing is pruned (`prune.ratio=0`): the unpruned distilled student gets the pruned models' KD "
+    "fine-tune, so what the fine-tune alone does to test quality is separated from what pruning does"
+)
 RECOVERY_KEYS = ("prune", "compare", "report.reference")  # where a recovery run's command may differ from main
 
 
@@ -193,14 +200,14 @@ def summary(runs):
            "stages shared), ONNX Runtime FP32; the last two columns repeat the target check for both after static "
            "INT8 (`int8_static_pc`), the form a CPU deployment ships. The sections below give each run's full rows, "
            "command and report.", "",
-           "| run | scope / channels / KD from | removed % | MACs (M) | fine-tune epochs | seed | val AUROC | test AUROC | "
+           "| run | source / scope / channels / KD from | removed % | MACs (M) | fine-tune epochs | seed | val AUROC | test AUROC | "
            "Δ AUROC, pt | Δ FPR @95 % recall, pt | target | INT8: Δ AUROC, pt | INT8 target |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     met, gaps, seen, recipes = [], [], set(), {}
     for r in runs:
-        sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv")
+        sweep = r["sweep"] = pd.read_csv(r["run"] / "plots/report/sweep.csv")
         base = sweep.loc[sweep.ratio_pct == 0, "macs_m"].iloc[0]
-        int8 = sweep[sweep.recipe == "int8_static_pc"].set_index("model")
+        int8 = r["int8"] = sweep[sweep.recipe == "int8_static_pc"].set_index("model")
         for _, x in sweep[(sweep.recipe == "ort_fp32") & (sweep.ratio_pct > 0)].sort_values("ratio_pct").iterrows():
             if pruned_hash(r, x.model) in seen:
                 continue  # the same pruned model as an earlier run's (a recipe study on it): its own section says so
@@ -212,7 +219,7 @@ def summary(runs):
             gaps.append(100 * (m["val_auroc"] - x.auroc))
             (auroc, fpr), (auroc8, _) = sweep_deltas(x), sweep_deltas(q)
             seed = prune_seed(r["params"])
-            recipe = f"{m['scope']} / {m.get('channels', 'all')} / {m['kd_from']}"
+            recipe = f"{m['source_model']} / {m['scope']} / {m.get('channels', 'all')} / {m['kd_from']}"
             recipes.setdefault((recipe, x.ratio_pct, m["epochs"]), []).append((seed, ok, ok8))
             out.append(
                 f"| [{r['run'].name}]({r['run'].name}/) | {recipe} | {x.ratio_pct} | {x.macs_m:.1f} "
@@ -220,6 +227,16 @@ def summary(runs):
                 f"| {x.auroc:.3f} | {auroc} | {fpr} | {'met' if ok else 'not met'} | {auroc8} "
                 f"| {'met' if ok8 else 'not met'} |"
             )
+    controls = [
+        f"{r['run'].name} ({r['prune'][x.model]['epochs']} epochs, seed {prune_seed(r['params'])}): FP32 Δ AUROC "
+        f"{sweep_deltas(x)[0]}, Δ FPR @95 % recall {sweep_deltas(x)[1]}; INT8 Δ AUROC "
+        f"{sweep_deltas(r['int8'].loc[x.model])[0]}"
+        for r in runs
+        for _, x in r["sweep"][(r["sweep"].recipe == "ort_fp32") & (r["sweep"].model != "student_kd")].iterrows()
+        if r["prune"].get(x.model, {}).get("ratio", 1) == 0
+    ]  # the fine-tune alone, nothing pruned: what the pruned models' fine-tune costs by itself
+    control = ["", "Control, the same KD fine-tune with nothing pruned (`prune.ratio=0`), paired against the same "
+               "unpruned student: " + "; ".join(controls) + "."] if controls else []  # fmt: skip
     said = "met by " + ", ".join(met) if met else "met by none of them"
     replicated = [f"{recipe} at {pct} %, {epochs} epochs: FP32 target met with {seeds_met(draws, 1)}, INT8 with "
                   f"{seeds_met(draws, 2)}" for (recipe, pct, epochs), draws in recipes.items() if len(draws) > 1]  # fmt: skip
@@ -229,7 +246,7 @@ def summary(runs):
     kd_val, kd_test = kd["train"]["distill"]["val_auroc"], kd["table"].loc["student_kd_ort_fp32", "auroc"]
     return [*out, "", f"Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼): {said}; "
             f"{len(gaps)} pruned models in this folder, so a pass at the edge of its interval is weak evidence.",
-            *seeds,
+            *seeds, *control,
             "", f"The unpruned distilled student scores val AUROC {kd_val:.3f} and test {kd_test:.3f} (its best of "
             f"{kd['params']['train']['epochs']} epochs chosen on validation); the pruned models' validation AUROC (best "
             f"epoch of their fine-tune) minus their test AUROC ranges from {min(gaps):+.1f} to {max(gaps):+.1f} pt.", ""]  # fmt: skip
@@ -292,6 +309,8 @@ def recovery_readme(run, minutes, *more):
         e, name = p["experiment"], p["run"].name
         changes = changed_params(p["params"], main_params)
         said = [note for key, note in KNOB_NOTES.items() if key in changes]
+        if changes.get("prune.ratio") == 0:
+            said = [CONTROL_NOTE]
         same = [o["run"].name for o in [r, *others[: others.index(p)]] if pruned_hash(o) == pruned_hash(p)]
         if same:  # a recipe study: the pruned model is an earlier run's, its prune stage reused from the cache
             said = [

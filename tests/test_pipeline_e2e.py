@@ -44,7 +44,7 @@ TINY = {
     "select": {"min_recall": None, "max_fpr": None},
 }
 TINY_RECIPES = {"calibration_images": 8}  # applied to every recipe of quantize.recipes that has the option
-UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune", "sparsify"}
+UPSTREAM = {"prepare", "finetune_teacher", "train_student", "init_student", "distill", "prune", "sparsify"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -113,8 +113,8 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     expected += [f"quantize/{v}" for v in variants] + [f"evaluate/{v}" for v in variants]
     for name in expected:
         assert (repo / "metrics" / f"{name}.json").exists(), name
-    # + fingerprint, benchmark, select, report, bundle_vega
-    assert len(ran(out)) == 5 + len(sparse) + 2 * len(variants) + 5
+    # prepare, the three trainings, init_student and prune; + fingerprint, benchmark, select, report, bundle_vega
+    assert len(ran(out)) == 6 + len(sparse) + 2 * len(variants) + 5
     for v in variants:
         info = json.loads((repo / "artifacts/variants" / v / "variant.json").read_text())
         assert (repo / "artifacts/variants" / v / info["file"]).is_file() and info["variant"] == v
@@ -419,6 +419,41 @@ def test_prune_seed_reruns_only_pruning_and_replicates_or_varies_the_fine_tune(r
     for name in weights:
         torch.testing.assert_close(same[name], committed[name], msg=name)
     assert any(not torch.equal(other[n], committed[n]) for n in weights), "prune.seed=7 trained the same weights"
+
+
+def test_prune_source_student_init_prunes_the_untrained_student(repo, tmp_path):
+    """init_student saves the ImageNet student with its fresh head, untrained; prune.source=student_init
+    puts prune and what follows out of date (nothing upstream of it) and prunes that model."""
+    repo, _ = repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    spec = params["train_student"]
+    init, card = models.load(repo / "artifacts/student_init/model.pt")
+    imagenet = models.pretrained(spec["model"], spec["weights"], num_classes=2, image_size=params["base"]["image_size"])
+    trained = models.load(repo / "artifacts/student/model.pt")[0].state_dict()
+    backbone = [
+        k for k in imagenet.state_dict() if "classifier" not in k and imagenet.state_dict()[k].is_floating_point()
+    ]
+    assert backbone and card["arch"] == spec["model"] and "val_auroc" not in card
+    for k in backbone:
+        torch.testing.assert_close(init.state_dict()[k], imagenet.state_dict()[k], msg=k)
+    assert any(not torch.equal(init.state_dict()[k], trained[k]) for k in backbone), "init_student is trained"
+
+    text = (repo / "params.yaml").read_text()
+    init_params = {**params, "prune": {**params["prune"], "source": "student_init"}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(init_params, sort_keys=False))
+    try:
+        stale = out_of_date(repo)
+    finally:
+        (repo / "params.yaml").write_text(text)
+    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(init_params))
+    args = [repo / "data/prepared", repo / "artifacts/student_init/model.pt", repo / "artifacts/teacher/model.pt",
+            tmp_path / "out", tmp_path / "live", tmp_path / "m.json"]  # fmt: skip
+    sh([sys.executable, "-m", "stages.prune", *map(str, args)], tmp_path, env={"PYTHONPATH": str(ROOT)})
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["source_model"] == "student_init" and m["macs_after_m"] < m["macs_before_m"]
+    assert models.load(tmp_path / "out/model.pt")[0](torch.rand(2, 3, 64, 64)).shape == (2, 2)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
