@@ -389,28 +389,37 @@ def test_quantize_param_puts_only_its_quantize_stages_out_of_date(repo):
     assert not (stale | before) & UPSTREAM
 
 
+def stale_under(repo, params):
+    """out_of_date(repo) with `params` written to its params.yaml, which is restored afterwards."""
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        return out_of_date(repo)
+    finally:
+        (repo / "params.yaml").write_text(text)
+
+
+def run_prune(repo, work, params, source="student_kd"):
+    """The prune stage itself, on the tiny repo's data and models, with `params`, in `work`; returns its metrics."""
+    work.mkdir(exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    args = [repo / "data/prepared", repo / f"artifacts/{source}/model.pt", repo / "artifacts/teacher/model.pt",
+            work / "out", work / "live", work / "m.json"]  # fmt: skip
+    sh([sys.executable, "-m", "stages.prune", *map(str, args)], work, env={"PYTHONPATH": str(ROOT)})
+    return json.loads((work / "m.json").read_text())
+
+
 def test_prune_seed_reruns_only_pruning_and_replicates_or_varies_the_fine_tune(repo, tmp_path):
     """prune.seed: null is base.seed (the same model as the committed run), another value another fine-tune,
     and in dvc.yaml it puts prune and what follows out of date, never the teacher, student or distillation."""
     repo, _ = repo
-    text = (repo / "params.yaml").read_text()
-    params = yaml.safe_load(text)
-    params["prune"]["seed"] = 7
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        stale = out_of_date(repo)
-    finally:
-        (repo / "params.yaml").write_text(text)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    stale = stale_under(repo, {**params, "prune": {**params["prune"], "seed": 7}})
     assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
 
-    def pruned(seed):  # the prune stage itself, run on the tiny repo's data and models with prune.seed = seed
-        work = tmp_path / f"seed-{seed}"
-        work.mkdir()
-        (work / "params.yaml").write_text(yaml.safe_dump({**params, "prune": {**params["prune"], "seed": seed}}))
-        args = [repo / "data/prepared", repo / "artifacts/student_kd/model.pt", repo / "artifacts/teacher/model.pt",
-                work / "out", work / "live", work / "m.json"]  # fmt: skip
-        sh([sys.executable, "-m", "stages.prune", *map(str, args)], work, env={"PYTHONPATH": str(ROOT)})
-        return torch.load(work / "out/model.pt", weights_only=True)["state"]
+    def pruned(seed):  # the prune stage with prune.seed = seed
+        run_prune(repo, tmp_path / f"seed-{seed}", {**params, "prune": {**params["prune"], "seed": seed}})
+        return torch.load(tmp_path / f"seed-{seed}/out/model.pt", weights_only=True)["state"]
 
     committed = torch.load(repo / "artifacts/student_pruned/model.pt", weights_only=True)["state"]
     same, other = pruned(params["base"]["seed"]), pruned(7)
@@ -428,30 +437,21 @@ def test_prune_source_student_init_prunes_the_untrained_student(repo, tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     spec = params["train_student"]
     init, card = models.load(repo / "artifacts/student_init/model.pt")
-    imagenet = models.pretrained(spec["model"], spec["weights"], num_classes=2, image_size=params["base"]["image_size"])
+    init = init.state_dict()
+    size = params["base"]["image_size"]
+    imagenet = models.pretrained(spec["model"], spec["weights"], num_classes=2, image_size=size).state_dict()
     trained = models.load(repo / "artifacts/student/model.pt")[0].state_dict()
-    backbone = [
-        k for k in imagenet.state_dict() if "classifier" not in k and imagenet.state_dict()[k].is_floating_point()
-    ]
+    backbone = [k for k, t in imagenet.items() if "classifier" not in k and t.is_floating_point()]
     assert backbone and card["arch"] == spec["model"] and "val_auroc" not in card
     for k in backbone:
-        torch.testing.assert_close(init.state_dict()[k], imagenet.state_dict()[k], msg=k)
-    assert any(not torch.equal(init.state_dict()[k], trained[k]) for k in backbone), "init_student is trained"
+        torch.testing.assert_close(init[k], imagenet[k], msg=k)
+    assert any(not torch.equal(init[k], trained[k]) for k in backbone), "init_student is trained"
 
-    text = (repo / "params.yaml").read_text()
     init_params = {**params, "prune": {**params["prune"], "source": "student_init"}}
-    (repo / "params.yaml").write_text(yaml.safe_dump(init_params, sort_keys=False))
-    try:
-        stale = out_of_date(repo)
-    finally:
-        (repo / "params.yaml").write_text(text)
+    stale = stale_under(repo, init_params)
     assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(init_params))
-    args = [repo / "data/prepared", repo / "artifacts/student_init/model.pt", repo / "artifacts/teacher/model.pt",
-            tmp_path / "out", tmp_path / "live", tmp_path / "m.json"]  # fmt: skip
-    sh([sys.executable, "-m", "stages.prune", *map(str, args)], tmp_path, env={"PYTHONPATH": str(ROOT)})
-    m = json.loads((tmp_path / "m.json").read_text())
+    m = run_prune(repo, tmp_path, init_params, source="student_init")
     assert m["source_model"] == "student_init" and m["macs_after_m"] < m["macs_before_m"]
     assert models.load(tmp_path / "out/model.pt")[0](torch.rand(2, 3, 64, 64)).shape == (2, 2)
 
