@@ -203,22 +203,28 @@ def summary(runs):
            "| run | source / scope / channels / KD from | removed % | MACs (M) | fine-tune epochs | seed | val AUROC | test AUROC | "
            "Δ AUROC, pt | Δ FPR @95 % recall, pt | target | INT8: Δ AUROC, pt | INT8 target |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    met, gaps, seen, recipes = [], [], set(), {}
+    met, gaps, seen, recipes, controls = [], [], set(), {}, []
     for r in runs:
-        sweep = r["sweep"] = pd.read_csv(r["run"] / "plots/report/sweep.csv")
+        sweep = pd.read_csv(r["run"] / "plots/report/sweep.csv")
         base = sweep.loc[sweep.ratio_pct == 0, "macs_m"].iloc[0]
-        int8 = r["int8"] = sweep[sweep.recipe == "int8_static_pc"].set_index("model")
-        for _, x in sweep[(sweep.recipe == "ort_fp32") & (sweep.ratio_pct > 0)].sort_values("ratio_pct").iterrows():
+        int8 = sweep[sweep.recipe == "int8_static_pc"].set_index("model")
+        for _, x in (
+            sweep[(sweep.recipe == "ort_fp32") & sweep.model.isin(r["prune"])].sort_values("ratio_pct").iterrows()
+        ):
             if pruned_hash(r, x.model) in seen:
                 continue  # the same pruned model as an earlier run's (a recipe study on it): its own section says so
             seen.add(pruned_hash(r, x.model))
             m, q = r["prune"][x.model], int8.loc[x.model]
+            (auroc, fpr), (auroc8, _) = sweep_deltas(x), sweep_deltas(q)
+            seed = prune_seed(r["params"])
+            if m["ratio"] == 0:  # the fine-tune alone, nothing pruned: what the pruned models' fine-tune does by itself
+                controls.append(f"{r['run'].name} ({m['epochs']} epochs, seed {seed}): FP32 Δ AUROC {auroc}, "
+                                f"Δ FPR @95 % recall {fpr}; INT8 Δ AUROC {auroc8}")  # fmt: skip
+                continue
             ok, ok8 = recovered(x, base), recovered(q, base)
             forms = [form for form, passed in (("FP32", ok), ("INT8", ok8)) if passed]
             met += [f"{r['run'].name} at {x.ratio_pct} % ({' and '.join(forms)})"] if forms else []
             gaps.append(100 * (m["val_auroc"] - x.auroc))
-            (auroc, fpr), (auroc8, _) = sweep_deltas(x), sweep_deltas(q)
-            seed = prune_seed(r["params"])
             recipe = f"{m['source_model']} / {m['scope']} / {m.get('channels', 'all')} / {m['kd_from']}"
             recipes.setdefault((recipe, x.ratio_pct, m["epochs"]), []).append((seed, ok, ok8))
             out.append(
@@ -227,14 +233,6 @@ def summary(runs):
                 f"| {x.auroc:.3f} | {auroc} | {fpr} | {'met' if ok else 'not met'} | {auroc8} "
                 f"| {'met' if ok8 else 'not met'} |"
             )
-    controls = [
-        f"{r['run'].name} ({r['prune'][x.model]['epochs']} epochs, seed {prune_seed(r['params'])}): FP32 Δ AUROC "
-        f"{sweep_deltas(x)[0]}, Δ FPR @95 % recall {sweep_deltas(x)[1]}; INT8 Δ AUROC "
-        f"{sweep_deltas(r['int8'].loc[x.model])[0]}"
-        for r in runs
-        for _, x in r["sweep"][(r["sweep"].recipe == "ort_fp32") & (r["sweep"].model != "student_kd")].iterrows()
-        if r["prune"].get(x.model, {}).get("ratio", 1) == 0
-    ]  # the fine-tune alone, nothing pruned: what the pruned models' fine-tune costs by itself
     control = ["", "Control, the same KD fine-tune with nothing pruned (`prune.ratio=0`), paired against the same "
                "unpruned student: " + "; ".join(controls) + "."] if controls else []  # fmt: skip
     said = "met by " + ", ".join(met) if met else "met by none of them"

@@ -20,9 +20,9 @@ def main():
     args = ap.parse_args()
     p = params.load("base", "train_student")
     params.check_base(p["base"])
-    params.setup(p["base"])  # seeds the fresh head
     spec, size = p["train_student"], p["base"]["image_size"]
     models.check_spec("train_student", spec["model"], spec["weights"])
+    params.setup(p["base"])  # seeds the fresh head
     classes = data.read_info(args.data_dir)["classes"]
     model = models.pretrained(spec["model"], spec["weights"], num_classes=len(classes), image_size=size)
     model = reparam.fuse(model)  # saved as the trained students are: deployed form (MobileOne fused)

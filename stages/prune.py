@@ -82,7 +82,7 @@ def run(p, sec, args):
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
     setting = {k: sec[k] for k in ("ratio", "channels", "importance", "scope", "max_ratio", "iterative_steps", "epochs",
                                    "kd_from")}  # fmt: skip
-    setting["source_model"] = Path(args.student).parent.name  # the unpruned model it is compared with
+    setting["source_model"] = Path(args.student).parent.name  # pruned from; judged against lib/sweep.compared_with
     setting["lr"] = lr
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})
     write_json(args.metrics, {**setting, **stats, **best, "val_auroc_per_step": [h["val_auroc"] for h in history],
