@@ -63,15 +63,16 @@ def run(p, sec, args):
     n_calib = 16 * sec["taylor_batches"]
     calib = (data.to_float(train_xy[0][:n_calib]), train_xy[1][:n_calib])
     steps = sec["iterative_steps"]
-    history = []
+    history, sparse = [], []  # each fine-tune's best epoch and val AUROC; the sparse-learning phase's last
 
-    def finetune(model, step, epochs):
+    def finetune(model, step, epochs, regularizer=None):
         # Recover with the distillation loss at a lower LR; only the last fine-tune's curves are kept.
-        recipe = {**p["train"], "epochs": epochs, "lr": lr}
+        # step -1 with a regularizer: sparse learning before the first pruning step (prune.sparse_epochs).
+        recipe = {**p["train"], "epochs": epochs, "lr": lr, **({"sparse_reg": sec["reg"]} if regularizer else {})}
         with tempfile.TemporaryDirectory() as scratch:
             live = args.live_dir if step == steps - 1 else scratch
-            model, best = training.fit(model, train_xy, val_xy, recipe, live, base, teacher, p["distill"])
-        history.append(best)
+            model, best = training.fit(model, train_xy, val_xy, recipe, live, base, teacher, p["distill"], regularizer)
+        (sparse if regularizer else history).append(best)
         return model
 
     start = time.perf_counter()
@@ -82,6 +83,8 @@ def run(p, sec, args):
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
     setting = {k: sec[k] for k in ("ratio", "channels", "importance", "scope", "max_ratio", "iterative_steps", "epochs",
                                    "kd_from")}  # fmt: skip
+    if sec["sparse_epochs"]:  # only then, so the default run's metrics keep their keys
+        setting.update(sparse_epochs=sec["sparse_epochs"], reg=sec["reg"], sparse_val_auroc=sparse[0]["val_auroc"])
     setting["source_model"] = Path(args.student).parent.name  # pruned from; judged against lib/sweep.compared_with
     setting["lr"] = lr
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})

@@ -87,6 +87,54 @@ def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0,
     assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
 
 
+@pytest.mark.parametrize("scope", pruning.SCOPES)
+def test_sparse_learning_penalises_before_pruning_so_the_cut_removes_less(lite0, scope):
+    """prune.sparse_epochs: one training phase with Torch-Pruning's group penalty in every backward, before
+    the first step; the penalty (here alone, no task loss) shrinks the groups the criterion ranks lowest,
+    so the same cut removes a smaller share of the weights' mass than on the untouched model."""
+    cfg = config(scope=scope, ratio=0.4, max_ratio=0.6, epochs=2)
+    plain, s0 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg)
+    calls = []
+
+    def finetune(model, step, epochs, regularizer=None):
+        calls.append((step, epochs, regularizer is not None))
+        if regularizer is not None:  # stands in for training.fit: penalty-only SGD steps
+            opt = torch.optim.SGD(model.parameters(), lr=1.0)
+            for _ in range(50):
+                opt.zero_grad()
+                (0 * model(torch.rand(2, 3, SIZE, SIZE)).sum()).backward()
+                regularizer(model)
+                opt.step()
+        return model
+
+    def removed_share(c):
+        mass = []
+        step = pruning.tp.pruner.MetaPruner.step
+
+        def spy(pruner, *a, **kw):  # the mass just before and after each pruning step
+            mass.append(pruning.weight_mass(pruner.model))
+            step(pruner, *a, **kw)
+            mass.append(pruning.weight_mass(pruner.model))
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pruning.tp.pruner.MetaPruner, "step", spy)
+            model, s = pruning.prune_structured(copy.deepcopy(lite0), SIZE, c, finetune=finetune)
+        return model, s, 1 - mass[1] / mass[0]
+
+    _, _, share_plain = removed_share(cfg)
+    calls.clear()
+    model, s1, share_sparse = removed_share({**cfg, "sparse_epochs": 3, "reg": 1e-2})
+    assert calls == [(-1, 3, True), (0, 2, False)]  # sparse phase with the penalty, then the usual fine-tune
+    assert s1["removed_mass_per_step"] == [pytest.approx(share_sparse, abs=1e-4)]
+    assert share_sparse < 0.5 * share_plain  # the penalty moved the mass out of what pruning removes
+    if scope == "uniform":
+        assert widths(model) == widths(plain)  # the same architecture as pruning without it
+    assert s1["macs_after_m"] == pytest.approx(s0["macs_after_m"], rel=0.1)
+    assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
+    with pytest.raises(ValueError, match="finetune"):
+        pruning.prune_structured(copy.deepcopy(lite0), SIZE, {**cfg, "sparse_epochs": 1, "reg": 1e-3})
+
+
 def blocks(model):
     return [blk for stage in model.net.blocks for blk in stage]
 
@@ -165,6 +213,8 @@ def prune_section(root):
         ("iterative_steps", 0, r"prune\.iterative_steps=0.*integer >= 1"),
         ("round_to", 0, r"prune\.round_to=0.*integer >= 1"),
         ("seed", -1, r"prune\.seed=-1.*integer >= 0"),
+        ("sparse_epochs", -1, r"prune\.sparse_epochs=-1.*integer >= 0"),
+        ("reg", 0.0, r"prune\.reg=0\.0.*\(0, 1\]"),
     ],
 )
 def test_bad_prune_params_name_key_value_and_allowed(prune_section, key, value, message):

@@ -2,7 +2,9 @@
 
 Four steps, as in Torch-Pruning's quick start: importance -> pruner -> prune -> fine-tune.
 The fine-tune is a callback (the prune stage passes a KD `training.fit`), so an iterative
-schedule fine-tunes between its steps. The stem and the classifier are never pruned: the
+schedule fine-tunes between its steps. Optionally a fifth, first: sparse learning (DepGraph,
+Fang et al. 2023; Torch-Pruning's GroupNormPruner), KD training with a group-norm penalty that
+drives the least important channel groups towards zero, so that pruning removes less. The stem and the classifier are never pruned: the
 stem sees the raw image (3 input channels, cheap, and everything downstream depends on it),
 the classifier's outputs are the classes. Channel counts stay multiples of `round_to`.
 
@@ -60,6 +62,8 @@ def check(sec, key="prune", fams=None):
     params.check_int(f"{key}.epochs", sec["epochs"], sec["iterative_steps"])
     params.check_range(f"{key}.lr_scale", sec["lr_scale"], 0, 10, lo_inclusive=False)
     params.check_int(f"{key}.taylor_batches", sec["taylor_batches"], 1)
+    params.check_int(f"{key}.sparse_epochs", sec.get("sparse_epochs", 0), 0)
+    params.check_range(f"{key}.reg", sec.get("reg", 0.0), 0, 1, lo_inclusive=False)
     if sec["seed"] is not None:
         params.check_int(f"{key}.seed", sec["seed"], 0)
     return sec
@@ -111,7 +115,8 @@ def build_pruner(model, image_size, cfg):
     glob = cfg["scope"] == "global"
     attns = attention_layers(model)
     residual = residual_layers(model, image_size) if cfg["channels"] == "inner" else []
-    return tp.pruner.MetaPruner(
+    cls, extra = pruner_class(cfg)
+    return cls(
         model,
         torch.rand(1, 3, image_size, image_size),
         importance=IMPORTANCE[cfg["importance"]](),
@@ -123,7 +128,23 @@ def build_pruner(model, image_size, cfg):
         ignored_layers=protected_layers(model) + residual + [layer for m in attns for layer in (m.qkv, m.proj)],
         num_heads={m.qkv: m.num_heads for m in attns},
         round_to=cfg["round_to"],
+        **extra,
     )
+
+
+def pruner_class(cfg):
+    """(class, extra kwargs): GroupNormPruner, whose `regularize` is the sparse-learning penalty, when
+    `sparse_epochs` > 0; else the plain MetaPruner. Both prune by the same importance and ratio."""
+    if cfg.get("sparse_epochs", 0):
+        return tp.pruner.GroupNormPruner, {"reg": cfg["reg"]}
+    return tp.pruner.MetaPruner, {}
+
+
+def weight_mass(model):
+    """Sum of squared weights of the dense layers (convs with groups=1, linears; where the MACs are): what
+    pruning removes a share of. Depthwise convs are left out, as Torch-Pruning's penalty leaves them."""
+    dense = [m for m in model.modules() if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+    return float(sum(m.weight.detach().pow(2).sum() for m in dense))
 
 
 def taylor_gradients(model, calib, batch_size=16):
@@ -163,10 +184,19 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None):
     attns = attention_layers(model)
     is_vit = bool(attns) and hasattr(model.net, "patch_embed")  # hybrids (MobileViT) are pruned like CNNs
     pruner = (build_vit_pruner if is_vit else build_pruner)(model.eval(), image_size, cfg)
+    sparse_epochs, removed = cfg.get("sparse_epochs", 0), []
+    if sparse_epochs:  # sparse learning: train with the group penalty, then prune what it drove towards zero
+        if finetune is None:
+            raise ValueError("sparse_epochs > 0 needs a finetune callback to train with the penalty")
+        pruner.update_regularizer()
+        model = finetune(model, -1, sparse_epochs, regularizer=pruner.regularize)
     for step, epochs in enumerate(epochs_per_step(cfg["epochs"], cfg["iterative_steps"])):
         if cfg["importance"] == "taylor":
             taylor_gradients(model, calib)
+        mass = weight_mass(model)
         pruner.step()
+        removed.append(round(1 - weight_mass(model) / mass, 4))  # the share of the weights' L2 mass cut
+        log.info("step %d: pruning removed %.1f %% of the dense weights' squared L2 mass", step + 1, 100 * removed[-1])
         sync_heads(pruner, attns)
         model.zero_grad(set_to_none=True)
         macs, _ = count(model, image_size)
@@ -174,7 +204,10 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None):
                  cfg["scope"], macs_before / 1e6, macs / 1e6)  # fmt: skip
         if finetune is not None and epochs > 0:
             model = finetune(model, step, epochs)
-    return model.eval(), stats(macs_before, params_before, *count(model, image_size))
+    out = stats(macs_before, params_before, *count(model, image_size))
+    if sparse_epochs:  # whether the penalty did its job: pruning a sparse model removes little weight mass
+        out["removed_mass_per_step"] = removed
+    return model.eval(), out
 
 
 def stats(macs_before, params_before, macs_after, params_after):
@@ -214,7 +247,8 @@ def build_vit_pruner(model, image_size, cfg, head_ratio=None):
     writers = [net.patch_embed.proj, net.get_classifier()]
     writers += [m.proj for m in attns] + [b.mlp.fc2 for b in net.blocks]
     glob = cfg["scope"] == "global"
-    return tp.pruner.MetaPruner(
+    cls, extra = pruner_class(cfg)
+    return cls(
         model,
         torch.rand(1, 3, image_size, image_size),
         importance=IMPORTANCE[cfg["importance"]](),
@@ -229,6 +263,7 @@ def build_vit_pruner(model, image_size, cfg, head_ratio=None):
         head_pruning_ratio=(removed - 0.5) / heads if removed else 0.0,
         ignored_layers=writers,
         round_to=cfg["round_to"],
+        **extra,
     )
 
 

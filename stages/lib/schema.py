@@ -55,6 +55,8 @@ SCHEMA = {
         "source": {"student_kd", "student", "teacher", "student_init"},
         "round_to": int,
         "taylor_batches": int,
+        "sparse_epochs": int,
+        "reg": float,
         "seed": int | None,
         "sweep": list[int],
     },

@@ -71,8 +71,12 @@ def predict(model, x_uint8, batch_size=64, channels_last=False, device="cpu"):
     return torch.cat(probs).numpy()
 
 
-def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
+def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None, regularizer=None):
     """Train `model` in place and return it holding the weights of its best validation epoch.
+
+    `regularizer(model)` runs after every backward, before the optimizer step (it adds to the gradients:
+    Torch-Pruning's group-sparsity penalty, lib/pruning.py); with it the last epoch is kept, not the best,
+    since the sparsity it has built up is the point.
 
     Under torchrun every process runs this with the same arguments (stages/lib/distributed.py).
     """
@@ -130,6 +134,8 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
                     loss = kd_loss(logits, teacher_logits, yb, kd["temperature"], kd["alpha"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if regularizer is not None:
+                    regularizer(model)
                 opt.step()
                 sched.step()
                 losses.append(loss.item())
@@ -149,8 +155,9 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f", epoch + 1, recipe["epochs"],
                      train_loss, val_loss, val_auroc)  # fmt: skip
             # Best epoch: highest val AUROC; ties (AUROC saturates at 1.0 on easy data) go to lower val loss.
-            if (val_auroc, -val_loss) > best["key"]:
-                best = {"key": (val_auroc, -val_loss), "auroc": val_auroc, "epoch": epoch + 1,
+            key = (epoch, 0.0) if regularizer is not None else (val_auroc, -val_loss)  # regularized: the last
+            if key > best["key"]:
+                best = {"key": key, "auroc": val_auroc, "epoch": epoch + 1,
                         "state": copy.deepcopy(model.state_dict())}  # fmt: skip
             history.append(logged)
             if rank == 0:
