@@ -159,6 +159,9 @@ KNOB_NOTES = {
     "prune.source": "the ImageNet student is pruned before any training (`student_init`) and the KD fine-tune, at "
     "the student's own LR (`prune.lr_scale=1`), is its whole training, instead of pruning the trained student and "
     "recovering it at a lower LR",
+    "prune.sparse_epochs": "before the cut, `sparse_epochs` of KD training with Torch-Pruning's group-norm penalty "
+    "(GroupNormPruner, strength `prune.reg`) shrink the channel groups the criterion ranks lowest, so the cut removes "
+    "less (DepGraph's sparse learning); then the usual fine-tune",
     "prune.channels": "only the blocks' inner width (the MBConv expansions) is pruned (`inner`); the residual stream "
     "every block adds to is kept whole, so a larger share of the inner channels goes for the same MACs",
 }
@@ -226,10 +229,10 @@ def summary(runs):
             met += [f"{r['run'].name} at {x.ratio_pct} % ({' and '.join(forms)})"] if forms else []
             gaps.append(100 * (m["val_auroc"] - x.auroc))
             recipe = f"{m['source_model']} / {m['scope']} / {m.get('channels', 'all')} / {m['kd_from']}"
-            recipes.setdefault((recipe, x.ratio_pct, m["epochs"]), []).append((seed, ok, ok8))
+            recipes.setdefault((recipe, x.ratio_pct, epochs_label(m)), []).append((seed, ok, ok8))
             out.append(
                 f"| [{r['run'].name}]({r['run'].name}/) | {recipe} | {x.ratio_pct} | {x.macs_m:.1f} "
-                f"({x.macs_m / base - 1:+.0%}) | {m['epochs']} | {seed} | {m['val_auroc']:.3f} "
+                f"({x.macs_m / base - 1:+.0%}) | {epochs_label(m)} | {seed} | {m['val_auroc']:.3f} "
                 f"| {x.auroc:.3f} | {auroc} | {fpr} | {'met' if ok else 'not met'} | {auroc8} "
                 f"| {'met' if ok8 else 'not met'} |"
             )
@@ -248,6 +251,20 @@ def summary(runs):
             "", f"The unpruned distilled student scores val AUROC {kd_val:.3f} and test {kd_test:.3f} (its best of "
             f"{kd['params']['train']['epochs']} epochs chosen on validation); the pruned models' validation AUROC (best "
             f"epoch of their fine-tune) minus their test AUROC ranges from {min(gaps):+.1f} to {max(gaps):+.1f} pt.", ""]  # fmt: skip
+
+
+def sparse_effect(run):
+    """' Measured: ...' for a run whose pruned models had sparse learning: how much of the dense weights' squared
+    mass the whole cut removes before and after it (the penalty's job is to shrink that), else ''."""
+    said = [f"{name}: {m['mass_cut_before_sparse']:.1%} before, {m['mass_cut_after_sparse']:.1%} after "
+            f"(val AUROC {m['sparse_val_auroc']:.3f} at the end of sparse learning)"
+            for name, m in run["prune"].items() if "mass_cut_before_sparse" in m]  # fmt: skip
+    return (" Share of the dense weights' squared mass the cut removes, " + "; ".join(said) + ".") if said else ""
+
+
+def epochs_label(m):
+    """The fine-tune budget of a prune metrics dict: '16', or '8 sparse + 8' with sparse learning before the cut."""
+    return f"{m['sparse_epochs']} sparse + {m['epochs']}" if m.get("sparse_epochs") else str(m["epochs"])
 
 
 def prune_seed(params):
@@ -316,7 +333,7 @@ def recovery_readme(run, minutes, *more):
                 "cache); what changes is the INT8 recipes it is quantized with"
             ]
         out += ["", f"## {name}: {knobs(changes, ('prune.', 'compare.recipes') if same else ('prune.',))}",
-                "", sentence("; ".join(said)),
+                "", sentence("; ".join(said)) + sparse_effect(p),
                 f"One `dvc repro` (run commit `{e['experiment_commit'][:7]}` on code `{e['baseline_commit'][:7]}`, "
                 f"upstream stages reused), wall time {other_minutes}; its report: [REPORT.md]({name}/REPORT.md). "
                 "The same from main:", "",
