@@ -68,7 +68,12 @@ def run(p, sec, args):
     def finetune(model, step, epochs, regularizer=None):
         # Recover with the distillation loss at a lower LR; only the last fine-tune's curves are kept.
         # step -1 with a regularizer: sparse learning before the first pruning step (prune.sparse_epochs).
-        recipe = {**p["train"], "epochs": epochs, "lr": lr, **({"sparse_reg": sec["reg"]} if regularizer else {})}
+        recipe = {
+            **p["train"],
+            "epochs": epochs,
+            "lr": lr,
+            **({"sparse_reg": [sec["reg"], sec["reg_form"]]} if regularizer else {}),
+        }
         with tempfile.TemporaryDirectory() as scratch:
             live = args.live_dir if step == steps - 1 else scratch
             model, best = training.fit(model, train_xy, val_xy, recipe, live, base, teacher, p["distill"], regularizer)
@@ -84,7 +89,12 @@ def run(p, sec, args):
     setting = {k: sec[k] for k in ("ratio", "channels", "importance", "scope", "max_ratio", "iterative_steps", "epochs",
                                    "kd_from")}  # fmt: skip
     if sec["sparse_epochs"]:  # only then, so the default run's metrics keep their keys
-        setting.update(sparse_epochs=sec["sparse_epochs"], reg=sec["reg"], sparse_val_auroc=sparse[0]["val_auroc"])
+        setting.update(
+            sparse_epochs=sec["sparse_epochs"],
+            reg=sec["reg"],
+            reg_form=sec["reg_form"],
+            sparse_val_auroc=sparse[0]["val_auroc"],
+        )
     setting["source_model"] = Path(args.student).parent.name  # pruned from; judged against lib/sweep.compared_with
     setting["lr"] = lr
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})

@@ -87,11 +87,13 @@ def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0,
     assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
 
 
+@pytest.mark.parametrize("form", pruning.REG_FORMS)
 @pytest.mark.parametrize("scope", pruning.SCOPES)
-def test_sparse_learning_penalises_before_pruning_so_the_cut_removes_less(lite0, scope):
+def test_sparse_learning_penalises_before_pruning_so_the_cut_removes_less(lite0, scope, form):
     """prune.sparse_epochs: one training phase with Torch-Pruning's group penalty in every backward, before
     the first step; the penalty (here alone, no task loss) shrinks the groups the criterion ranks lowest,
-    so the same cut removes a smaller share of the weights' mass than on the untouched model."""
+    so the same cut removes a smaller share of the weights' mass than on the untouched model. Both forms give
+    the same shrink with plain SGD: gradient adds the penalty to the gradients, decoupled applies it itself."""
     cfg = config(scope=scope, ratio=0.4, max_ratio=0.6, epochs=2)
     plain, s0 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg)
     calls = []
@@ -103,11 +105,11 @@ def test_sparse_learning_penalises_before_pruning_so_the_cut_removes_less(lite0,
             for _ in range(50):
                 opt.zero_grad()
                 (0 * model(torch.rand(2, 3, SIZE, SIZE)).sum()).backward()
-                regularizer(model)
+                regularizer(model, 1.0)  # the LR of the step
                 opt.step()
         return model
 
-    model, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, {**cfg, "sparse_epochs": 3, "reg": 1e-2},
+    model, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, {**cfg, "sparse_epochs": 3, "reg": 1e-2, "reg_form": form},
                                          finetune=finetune)  # fmt: skip
     assert calls == [(-1, 3, True), (0, 2, False)]  # sparse phase with the penalty, then the usual fine-tune
     before, after = s1["mass_cut_before_sparse"], s1["mass_cut_after_sparse"]
@@ -200,7 +202,8 @@ def prune_section(root):
         ("round_to", 0, r"prune\.round_to=0.*integer >= 1"),
         ("seed", -1, r"prune\.seed=-1.*integer >= 0"),
         ("sparse_epochs", -1, r"prune\.sparse_epochs=-1.*integer >= 0"),
-        ("reg", 0.0, r"prune\.reg=0\.0.*\(0, 1\]"),
+        ("reg", 0.0, r"prune\.reg=0\.0.*\(0, 100\]"),
+        ("reg_form", "adam", r"prune\.reg_form='adam'.*\['decoupled', 'gradient'\]"),
     ],
 )
 def test_bad_prune_params_name_key_value_and_allowed(prune_section, key, value, message):

@@ -38,6 +38,7 @@ SCOPES = ("uniform", "global")
 # blocks (MBConv expansion, ConvNeXt MLP width): the residual stream, the channels every block reads and adds
 # its output to, is kept whole, as the ViT path always does.
 CHANNELS = ("all", "inner")
+REG_FORMS = ("gradient", "decoupled")  # how sparse learning's penalty is applied (see penalty)
 KD_SOURCES = ("teacher", "parent")  # whose logits the fine-tune distils: the fine-tuned teacher or the unpruned model
 
 
@@ -64,7 +65,8 @@ def check(sec, key="prune", fams=None):
     params.check_range(f"{key}.lr_scale", sec["lr_scale"], 0, 10, lo_inclusive=False)
     params.check_int(f"{key}.taylor_batches", sec["taylor_batches"], 1)
     params.check_int(f"{key}.sparse_epochs", sec.get("sparse_epochs", 0), 0)
-    params.check_range(f"{key}.reg", sec.get("reg", 0.0), 0, 1, lo_inclusive=False)
+    params.check_range(f"{key}.reg", sec.get("reg", 0.0), 0, 100, lo_inclusive=False)
+    params.check_choice(f"{key}.reg_form", sec.get("reg_form", "gradient"), set(REG_FORMS))
     if sec["seed"] is not None:
         params.check_int(f"{key}.seed", sec["seed"], 0)
     return sec
@@ -141,6 +143,31 @@ def pruner_class(cfg):
     return tp.pruner.MetaPruner, {}
 
 
+def penalty(pruner, form):
+    """The sparse-learning step, `fn(model, lr)`, run after every backward (training.fit's `regularizer`).
+
+    gradient: Torch-Pruning's GroupNormPruner.regularize as it is, which adds reg * gamma * w to the gradients
+    (gamma grows from 1 to 4 as a channel group's importance falls). Made for SGD: under AdamW the added gradient is
+    divided by the running gradient scale like any other, so it is weak and loses its grading.
+    decoupled: the same term applied to the weights directly, w -= lr * reg * gamma * w (as AdamW decouples weight
+    decay from the gradient), so each group shrinks by a factor set by reg, gamma and the LR alone."""
+    if form == "gradient":
+        return lambda model, lr: pruner.regularize(model)
+
+    def decoupled(model, lr):
+        params = list(model.parameters())
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        pruner.regularize(model)  # the penalty alone, into zeroed gradients
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p -= lr * p.grad
+                p.grad = g
+
+    return decoupled
+
+
 def weight_mass(model):
     """Sum of squared weights of the dense layers (convs with groups=1, linears; where the MACs are): what
     pruning removes a share of. Depthwise convs are left out, as Torch-Pruning's penalty leaves them."""
@@ -202,7 +229,7 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None):
             raise ValueError("sparse_epochs > 0 needs a finetune callback to train with the penalty")
         sparse["mass_cut_before_sparse"] = mass_cut(model, image_size, cfg, build, calib)
         pruner.update_regularizer()
-        model = finetune(model, -1, cfg["sparse_epochs"], regularizer=pruner.regularize)
+        model = finetune(model, -1, cfg["sparse_epochs"], regularizer=penalty(pruner, cfg.get("reg_form", "gradient")))
         sparse["mass_cut_after_sparse"] = mass_cut(model, image_size, cfg, build, calib)
         log.info("the full cut removes %.1f %% of the dense weights' squared mass before sparse learning, %.1f %% "
                  "after", 100 * sparse["mass_cut_before_sparse"], 100 * sparse["mass_cut_after_sparse"])  # fmt: skip

@@ -57,6 +57,7 @@ SCHEMA = {
         "taylor_batches": int,
         "sparse_epochs": int,
         "reg": float,
+        "reg_form": {"gradient", "decoupled"},
         "seed": int | None,
         "sweep": list[int],
     },

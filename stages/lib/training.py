@@ -74,8 +74,8 @@ def predict(model, x_uint8, batch_size=64, channels_last=False, device="cpu"):
 def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None, regularizer=None):
     """Train `model` in place and return it holding the weights of its best validation epoch.
 
-    `regularizer(model)` runs after every backward, before the optimizer step (it adds to the gradients:
-    Torch-Pruning's group-sparsity penalty, lib/pruning.py); with it the last epoch is kept, not the best,
+    `regularizer(model, lr)` runs after every backward, before the optimizer step, with the step's LR
+    (the sparse-learning penalty, lib/pruning.penalty); with it the last epoch is kept, not the best,
     since the sparsity it has built up is the point.
 
     Under torchrun every process runs this with the same arguments (stages/lib/distributed.py).
@@ -135,7 +135,7 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None, 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if regularizer is not None:
-                    regularizer(model)
+                    regularizer(model, sched.get_last_lr()[0])
                 opt.step()
                 sched.step()
                 losses.append(loss.item())
