@@ -162,6 +162,8 @@ KNOB_NOTES = {
     "prune.sparse_epochs": "before the cut, `sparse_epochs` of KD training with Torch-Pruning's group-norm penalty "
     "(GroupNormPruner, strength `prune.reg`) shrink the channel groups the criterion ranks lowest, so the cut removes "
     "less (DepGraph's sparse learning); then the usual fine-tune",
+    "prune.reg_form": "the penalty is applied to the weights (`decoupled`: w -= lr * reg * gamma * w) instead of "
+    "added to the gradients, where AdamW's per-weight scaling weakens it",
     "prune.channels": "only the blocks' inner width (the MBConv expansions) is pruned (`inner`); the residual stream "
     "every block adds to is kept whole, so a larger share of the inner channels goes for the same MACs",
 }
