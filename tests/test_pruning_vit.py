@@ -54,3 +54,26 @@ def test_head_ratio_never_removes_every_head(vit):
     model, _ = pruning.prune_vit(vit, SIZE, head_ratio=0.99, mlp_ratio=0.25)
     assert all(b.attn.num_heads == 1 for b in model.net.blocks)
     assert model(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("form", pruning.REG_FORMS)
+def test_sparse_learning_before_head_pruning(vit, form):
+    """prune.sparse_epochs on a ViT: Torch-Pruning's group penalty over heads and MLP width, then whole heads go."""
+    heads = vit.net.blocks[0].attn.num_heads
+    cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.34, "max_ratio": 0.9, "iterative_steps": 1,
+           "round_to": 8, "epochs": 1, "channels": "all", "sparse_epochs": 1, "reg": 1e-2, "reg_form": form}  # fmt: skip
+
+    def finetune(model, step, epochs, regularizer=None):
+        if regularizer is not None:  # penalty-only SGD steps stand in for the KD phase
+            opt = torch.optim.SGD(model.parameters(), lr=1.0)
+            for _ in range(30):
+                opt.zero_grad()
+                (0 * model(torch.rand(2, 3, SIZE, SIZE)).sum()).backward()
+                regularizer(model, 1.0)
+                opt.step()
+        return model
+
+    model, stats = pruning.prune_structured(vit, SIZE, cfg, finetune=finetune)
+    assert stats["mass_cut_after_sparse"] < stats["mass_cut_before_sparse"]
+    assert all(b.attn.num_heads == heads - 1 for b in model.net.blocks)  # whole heads still go
+    assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)

@@ -4,9 +4,11 @@ Four steps, as in Torch-Pruning's quick start: importance -> pruner -> prune -> 
 The fine-tune is a callback (the prune stage passes a KD `training.fit`), so an iterative
 schedule fine-tunes between its steps. Optionally a fifth, first: sparse learning (DepGraph,
 Fang et al. 2023; Torch-Pruning's GroupNormPruner), KD training with a group-norm penalty that
-drives the least important channel groups towards zero, so that pruning removes less. The stem and the classifier are never pruned: the
-stem sees the raw image (3 input channels, cheap, and everything downstream depends on it),
-the classifier's outputs are the classes. Channel counts stay multiples of `round_to`.
+drives the least important channel groups towards zero, so that pruning removes less.
+
+The stem and the classifier are never pruned: the stem sees the raw image (3 input channels,
+cheap, and everything downstream depends on it), the classifier's outputs are the classes.
+Channel counts stay multiples of `round_to`.
 
 ViTs (timm `Attention`): whole attention heads are removed (head_dim kept, so the attention
 kernels keep their shape) and the MLP hidden width is pruned; the residual width is kept.
@@ -147,7 +149,7 @@ def penalty(pruner, form):
     """The sparse-learning step, `fn(model, lr)`, run after every backward (training.fit's `regularizer`).
 
     gradient: Torch-Pruning's GroupNormPruner.regularize as it is, which adds reg * gamma * w to the gradients
-    (gamma grows from 1 to 4 as a channel group's importance falls). Made for SGD: under AdamW the added gradient is
+    (gamma grows from 1 to 16, regularize's alpha, as a channel's importance within its group falls). Made for SGD: under AdamW the added gradient is
     divided by the running gradient scale like any other, so it is weak and loses its grading.
     decoupled: the same term applied to the weights directly, w -= lr * reg * gamma * w (as AdamW decouples weight
     decay from the gradient), so each group shrinks by a factor set by reg, gamma and the LR alone."""
