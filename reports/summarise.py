@@ -265,8 +265,11 @@ def sparse_effect(run):
 
 
 def epochs_label(m):
-    """The fine-tune budget of a prune metrics dict: '16', or '8 sparse + 8' with sparse learning before the cut."""
-    return f"{m['sparse_epochs']} sparse + {m['epochs']}" if m.get("sparse_epochs") else str(m["epochs"])
+    """The fine-tune budget of a prune metrics dict: '16', or '8 sparse (decoupled, reg 1.0) + 8' with sparse
+    learning before the cut (runs from before prune.reg_form had the gradient form)."""
+    if not m.get("sparse_epochs"):
+        return str(m["epochs"])
+    return f"{m['sparse_epochs']} sparse ({m.get('reg_form', 'gradient')}, reg {m['reg']}) + {m['epochs']}"
 
 
 def prune_seed(params):
