@@ -456,6 +456,24 @@ def test_prune_source_student_init_prunes_the_untrained_student(repo, tmp_path):
     assert models.load(tmp_path / "out/model.pt")[0](torch.rand(2, 3, 64, 64)).shape == (2, 2)
 
 
+def test_prune_sparse_learning_trains_with_the_penalty_before_the_cut(repo, tmp_path):
+    """prune.sparse_epochs puts only prune and what follows out of date; the stage trains with the penalty before
+    the cut (a strong decoupled one here, so the mass the cut removes must fall) and says so in its metrics,
+    which the default run's metrics do not mention."""
+    repo, _ = repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    sparse = {**params, "prune": {**params["prune"], "sparse_epochs": 1, "reg": 50.0, "reg_form": "decoupled"}}
+    stale = stale_under(repo, sparse)
+    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
+
+    m = run_prune(repo, tmp_path, sparse)
+    assert (m["sparse_epochs"], m["reg"], m["reg_form"]) == (1, 50.0, "decoupled") and 0 <= m["sparse_val_auroc"] <= 1
+    assert m["mass_cut_after_sparse"] < 0.8 * m["mass_cut_before_sparse"], m  # not a chance drift
+    assert m["macs_after_m"] < m["macs_before_m"]
+    committed = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
+    assert not {"sparse_epochs", "reg", "mass_cut_before_sparse"} & committed.keys()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_plots_render_offline_with_data(repo, tmp_path):
     """`dvc plots show` -> HTML with Vega inlined; Chromium draws every plot with data, no network."""
