@@ -256,8 +256,8 @@ def summary(runs):
 
 
 def sparse_effect(run):
-    """' Measured: ...' for a run whose pruned models had sparse learning: how much of the dense weights' squared
-    mass the whole cut removes before and after it (the penalty's job is to shrink that), else ''."""
+    """' Share of the dense weights' squared mass the cut removes, ...' for a run whose pruned models had sparse
+    learning: that share before and after it (the penalty's job is to shrink it), else ''."""
     said = [f"{name}: {m['mass_cut_before_sparse']:.1%} before, {m['mass_cut_after_sparse']:.1%} after "
             f"(val AUROC {m['sparse_val_auroc']:.3f} at the end of sparse learning)"
             for name, m in run["prune"].items() if "mass_cut_before_sparse" in m]  # fmt: skip
