@@ -67,7 +67,8 @@ def run(p, sec, args):
 
     def finetune(model, step, epochs, regularizer=None):
         # Recover with the distillation loss at a lower LR; only the last fine-tune's curves are kept.
-        # step -1 with a regularizer: sparse learning before the first pruning step (prune.sparse_epochs).
+        # step -1 with a regularizer: sparse learning before the first pruning step (prune.sparse_epochs); its
+        # reg and form join the recipe so that a killed run resumes only from a checkpoint of the same penalty.
         recipe = {
             **p["train"],
             "epochs": epochs,

@@ -11,6 +11,7 @@ import yaml
 from stages.lib import models, pruning
 from stages.lib.params import ParamError
 from stages.lib.pruning import prune_channels
+from tests.conftest import penalty_only_finetune
 
 SIZE = 64
 
@@ -97,17 +98,7 @@ def test_sparse_learning_penalises_before_pruning_so_the_cut_removes_less(lite0,
     cfg = config(scope=scope, ratio=0.4, max_ratio=0.6, epochs=2)
     plain, s0 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg)
     calls = []
-
-    def finetune(model, step, epochs, regularizer=None):
-        calls.append((step, epochs, regularizer is not None))
-        if regularizer is not None:  # stands in for training.fit: penalty-only SGD steps
-            opt = torch.optim.SGD(model.parameters(), lr=1.0)
-            for _ in range(50):
-                opt.zero_grad()
-                (0 * model(torch.rand(2, 3, SIZE, SIZE)).sum()).backward()
-                regularizer(model, 1.0)  # the LR of the step
-                opt.step()
-        return model
+    finetune = penalty_only_finetune(SIZE, 50, calls)
 
     model, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, {**cfg, "sparse_epochs": 3, "reg": 1e-2, "reg_form": form},
                                          finetune=finetune)  # fmt: skip

@@ -5,7 +5,7 @@ import torch
 
 from stages.lib import models, pruning
 from stages.lib.quantization import export_onnx
-from tests.conftest import SHARED
+from tests.conftest import SHARED, penalty_only_finetune
 
 WEIGHTS = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 SIZE = 64  # a tiny profile: timm resamples the position embedding to 4x4 patches
@@ -63,17 +63,7 @@ def test_sparse_learning_before_head_pruning(vit, form):
     cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.34, "max_ratio": 0.9, "iterative_steps": 1,
            "round_to": 8, "epochs": 1, "channels": "all", "sparse_epochs": 1, "reg": 1e-2, "reg_form": form}  # fmt: skip
 
-    def finetune(model, step, epochs, regularizer=None):
-        if regularizer is not None:  # penalty-only SGD steps stand in for the KD phase
-            opt = torch.optim.SGD(model.parameters(), lr=1.0)
-            for _ in range(30):
-                opt.zero_grad()
-                (0 * model(torch.rand(2, 3, SIZE, SIZE)).sum()).backward()
-                regularizer(model, 1.0)
-                opt.step()
-        return model
-
-    model, stats = pruning.prune_structured(vit, SIZE, cfg, finetune=finetune)
+    model, stats = pruning.prune_structured(vit, SIZE, cfg, finetune=penalty_only_finetune(SIZE, 30))
     assert stats["mass_cut_after_sparse"] < stats["mass_cut_before_sparse"]
     assert all(b.attn.num_heads == heads - 1 for b in model.net.blocks)  # whole heads still go
     assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
