@@ -54,7 +54,7 @@ def run(p, sec, args):
     arch, auto = card["arch"], sec["importance"] == "auto"
     sec = {**sec, "importance": families.importance(sec, p["families"], arch)}  # auto: the family's criterion
     where = f"families.{families.family(arch)}.prune_importance" if auto else "prune.importance"
-    pruning.check_for_model(sec["importance"], student, where)
+    pruning.check_for_model(sec["importance"], student, where, sec["scope"])
     lr = families.lr(p["train"], p["families"], arch) * sec["lr_scale"]
     # KD target of the fine-tunes: the fine-tuned teacher, or a frozen copy of the unpruned model (the parent)
     teacher, _ = training.frozen_teacher(args.teacher if sec["kd_from"] == "teacher" else args.student)
@@ -62,6 +62,7 @@ def run(p, sec, args):
     val_xy = data.load_split(args.data_dir, "val", size)
     n_calib = 16 * sec["taylor_batches"]
     calib = (data.to_float(train_xy[0][:n_calib]), train_xy[1][:n_calib])
+    probe = data.to_float(train_xy[0][: sec["greedy_images"]]) if sec["scope"] == "greedy" else None
     steps = sec["iterative_steps"]
     history, sparse = [], []  # each fine-tune's best epoch and val AUROC; the sparse-learning phase's last
 
@@ -82,13 +83,15 @@ def run(p, sec, args):
         return model
 
     start = time.perf_counter()
-    student, stats = pruning.prune_structured(student, size, sec, finetune, calib)
+    student, stats = pruning.prune_structured(student, size, sec, finetune, calib, probe)
     minutes = (time.perf_counter() - start) / 60
     if not distributed.is_main():
         return  # rank 0 writes the outputs
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
     setting = {k: sec[k] for k in ("ratio", "channels", "importance", "scope", "max_ratio", "iterative_steps", "epochs",
                                    "kd_from")}  # fmt: skip
+    if sec["scope"] == "greedy":  # its search's settings; what it found (stage_ratios ...) is in stats
+        setting.update(greedy_step=sec["greedy_step"], greedy_images=sec["greedy_images"])
     if sec["sparse_epochs"]:  # only then, so the default run's metrics keep their keys
         setting.update(
             sparse_epochs=sec["sparse_epochs"],

@@ -128,6 +128,8 @@ def test_bn_scale_importance_is_refused_for_a_vit():
     with pytest.raises(models.ParamError, match=rf"^{where}='bn_scale'"):
         pruning.check_for_model("bn_scale", model, where)
     pruning.check_for_model("l2", model)  # l2 is fine
+    with pytest.raises(models.ParamError, match=r"prune\.scope='greedy'.*CNN's stages.*'uniform' or 'global'"):
+        pruning.check_for_model("l2", model, scope="greedy")  # heads go alike in every block: nothing to allocate
 
 
 def test_vit_prunes_through_the_stage_path_with_a_finetune():

@@ -39,6 +39,10 @@ def calib():
     return torch.rand(16, 3, SIZE, SIZE, generator=gen), torch.randint(0, 2, (16,), generator=gen)
 
 
+def probe():
+    return torch.rand(32, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
 def widths(model):
     return [m.weight.shape for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
 
@@ -47,8 +51,11 @@ def shapes(model):
     return model.net.conv_stem.weight.shape, model.net.get_classifier().weight.shape
 
 
+RANKED = ("uniform", "global")  # scopes with one ratio for the ranking; greedy searches per-stage ratios (below)
+
+
 @pytest.mark.parametrize("importance", sorted(pruning.IMPORTANCE))
-@pytest.mark.parametrize("scope", pruning.SCOPES)
+@pytest.mark.parametrize("scope", RANKED)
 def test_every_criterion_and_scope_prunes_and_keeps_outputs(lite0, importance, scope):
     model = copy.deepcopy(lite0)
     stem, head = shapes(model)
@@ -70,7 +77,8 @@ def test_global_scope_caps_every_layer(lite0):
 
 @pytest.mark.parametrize("scope", pruning.SCOPES)
 def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0, scope):
-    one_shot, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope=scope, ratio=0.5, max_ratio=0.7))
+    kw = {"scope": scope, "ratio": 0.5, "max_ratio": 0.7, "greedy_step": 0.35}
+    one_shot, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(**kw), probe=probe())
     calls = []
 
     def finetune(model, step, epochs):
@@ -78,10 +86,10 @@ def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0,
         assert model(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 2)  # a working model between steps
         return model
 
-    cfg = config(scope=scope, ratio=0.5, max_ratio=0.7, iterative_steps=3, epochs=4)
-    model, s3 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg, finetune=finetune)
+    cfg = config(**kw, iterative_steps=3, epochs=4)
+    model, s3 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg, finetune=finetune, probe=probe())
     assert calls == [(0, 1), (1, 1), (2, 2)]  # the budget is split over the steps
-    if scope == "uniform":  # every layer ends at the same width as one-shot
+    if scope != "global":  # every layer ends at the same width as one-shot (greedy: its search runs once, first)
         assert widths(model) == widths(one_shot) and s3["macs_after_m"] == s1["macs_after_m"]
     else:  # global: per-layer widths may differ, the removed share of channels is the same
         assert s3["macs_ratio"] == pytest.approx(s1["macs_ratio"], abs=0.1)
@@ -89,7 +97,7 @@ def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0,
 
 
 @pytest.mark.parametrize("form", pruning.REG_FORMS)
-@pytest.mark.parametrize("scope", pruning.SCOPES)
+@pytest.mark.parametrize("scope", RANKED)
 def test_sparse_learning_penalises_before_pruning_so_the_cut_removes_less(lite0, scope, form):
     """prune.sparse_epochs: one training phase with Torch-Pruning's group penalty in every backward, before
     the first step; the penalty (here alone, no task loss) shrinks the groups the criterion ranks lowest,
@@ -123,7 +131,7 @@ def residual_width(model):
     return [blk.conv_pwl.out_channels for blk in blocks(model) if blk.has_skip]
 
 
-@pytest.mark.parametrize("scope", pruning.SCOPES)
+@pytest.mark.parametrize("scope", RANKED)
 def test_inner_channels_keep_the_residual_stream_and_prune_the_expansions(lite0, scope):
     model, stats = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope=scope, channels="inner"))
     assert residual_width(model) == residual_width(lite0)  # every channel a skip adds to is still there
@@ -158,6 +166,47 @@ def test_epochs_split_over_steps():
     assert pruning.epochs_per_step(2, 1) == [2] and pruning.epochs_per_step(5, 2) == [2, 3]
 
 
+def test_greedy_search_cuts_first_where_the_outputs_move_least_per_mac(caplog):
+    """greedy_search on a made-up network: each 0.1 of stage i's ratio saves SAVES[i] MACs and adds COST[i]
+    distortion. Per MAC, stage 2 is cheapest (0.025), then stage 0 (0.1); stage 1 saves nothing (its channels
+    round to the same width) and is never taken, free as it is. Stage 2 goes to the cap, then stage 0."""
+    saves, cost = [10.0, 0.0, 20.0], [1.0, 0.0, 0.5]
+
+    def trial(ratios):
+        steps = [round(r / 0.1) for r in ratios]
+        return 1000 - sum(s * m for s, m in zip(steps, saves, strict=True)), sum(
+            s * c for s, c in zip(steps, cost, strict=True)
+        )
+
+    ratios, macs, dist, rounds = pruning.greedy_search(3, trial, 1000, 910, 0.1, 0.3)
+    assert ratios == [0.3, 0.0, 0.3] and macs == 910 and dist == pytest.approx(4.5)
+    assert rounds[:3] == [[0.0, 0.0, 0.1], [0.0, 0.0, 0.2], [0.0, 0.0, 0.3]] and len(rounds) == 6
+    # a target beyond what the cap allows: every stage at the cap, and a warning, not a loop
+    ratios, macs, _, _ = pruning.greedy_search(3, trial, 1000, 800, 0.1, 0.3)
+    assert ratios == [0.3, 0.0, 0.3] and macs == 910 and "no stage can be cut further" in caplog.text
+
+
+def test_greedy_scope_removes_the_uniform_macs_with_its_own_ratio_per_stage(lite0):
+    """scope greedy on a tiny Lite0: at least the MACs uniform pruning at the same ratio removes, the ratios it
+    searched are the ones each stage got (a stage at 0 keeps its output widths), stem and classifier kept."""
+    _, uniform = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(ratio=0.3))
+    cfg = config(scope="greedy", ratio=0.3, max_ratio=0.6, greedy_step=0.2)
+    model, stats = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg, probe=probe())
+    assert stats["macs_after_m"] <= uniform["macs_after_m"]
+    ratios = stats["stage_ratios"]
+    assert len(ratios) == len(lite0.net.blocks) and all(0 <= r <= 0.6 for r in ratios) and len(set(ratios)) > 1
+    assert stats["greedy_rounds"] >= 1 and stats["greedy_kl"] >= 0 and stats["uniform_kl"] >= 0
+
+    def outs(stage):
+        return [m.out_channels for m in stage.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+
+    for r, old, new in zip(ratios, lite0.net.blocks, model.net.blocks, strict=True):
+        assert (outs(new) == outs(old)) == (r == 0), (r, outs(old), outs(new))
+    assert shapes(model) == shapes(lite0) and model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
+    with pytest.raises(ValueError, match="probe"):
+        pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg)
+
+
 def test_zero_ratio_keeps_everything():
     model = models.build("tf_efficientnet_lite0", 2).eval()
     before = models.param_count(model)
@@ -183,7 +232,10 @@ def prune_section(root):
     ("key", "value", "message"),
     [
         ("importance", "l3", r"prune\.importance='l3'.*\['auto', 'bn_scale', 'l1', 'l2', 'lamp', 'random', 'taylor'\]"),
-        ("scope", "layerwise", r"prune\.scope='layerwise'.*\['global', 'uniform'\]"),
+        ("scope", "layerwise", r"prune\.scope='layerwise'.*\['global', 'greedy', 'uniform'\]"),
+        ("greedy_step", 0.0, r"prune\.greedy_step=0\.0.*\(0, 0\.5\]"),
+        ("greedy_step", 0.6, r"prune\.greedy_step=0\.6.*\(0, 0\.5\]"),
+        ("greedy_images", 4, r"prune\.greedy_images=4.*integer >= 8"),
         ("kd_from", "student", r"prune\.kd_from='student'.*\['parent', 'teacher'\]"),
         ("channels", "residual", r"prune\.channels='residual'.*\['all', 'inner'\]"),
         ("ratio", 1.0, r"prune\.ratio=1\.0.*\[0, 1\)"),
@@ -212,9 +264,10 @@ def test_parent_kd_for_a_model_pruned_before_training_is_refused(prune_section):
         pruning.check({**prune_section, "source": "student_init", "kd_from": "parent"})
 
 
-def test_global_cap_below_ratio_is_refused(prune_section):
+@pytest.mark.parametrize("scope", ["global", "greedy"])
+def test_cap_below_ratio_is_refused(prune_section, scope):
     with pytest.raises(ParamError, match=r"prune\.max_ratio=0\.2 is below prune\.ratio=0\.5"):
-        pruning.check({**prune_section, "scope": "global", "ratio": 0.5, "max_ratio": 0.2})
+        pruning.check({**prune_section, "scope": scope, "ratio": 0.5, "max_ratio": 0.2})
 
 
 @pytest.mark.parametrize("stage", ["prune", "prune_sweep"])

@@ -10,6 +10,12 @@ The stem and the classifier are never pruned: the stem sees the raw image (3 inp
 cheap, and everything downstream depends on it), the classifier's outputs are the classes.
 Channel counts stay multiples of `round_to`.
 
+How the ratio is spread over the layers (`scope`): uniform (every layer loses `ratio`), global (one ranking
+over all layers) or greedy: per-stage ratios from a search that removes the same MACs as uniform pruning at
+`ratio`, each step cutting further into the stage whose cut distorts the unpruned model's outputs least per
+MAC saved (NetAdapt, Yang et al. 2018, and AMC, He et al. 2018, search per-layer ratios the same way; here
+without a fine-tune inside the loop, measured as the KL divergence of the logits on training images).
+
 ViTs (timm `Attention`): whole attention heads are removed (head_dim kept, so the attention
 kernels keep their shape) and the MLP hidden width is pruned; the residual width is kept.
 """
@@ -35,7 +41,7 @@ IMPORTANCE = {
     "lamp": lambda: tp.importance.LAMPImportance(p=2),  # layer-adaptive magnitude score
     "random": lambda: tp.importance.RandomImportance(),  # control: shows whether the criterion matters
 }
-SCOPES = ("uniform", "global")
+SCOPES = ("uniform", "global", "greedy")
 # Which channels may go (params `prune.channels`): all = every prunable group; inner = only channels inside the
 # blocks (MBConv expansion, ConvNeXt MLP width): the residual stream, the channels every block reads and adds
 # its output to, is kept whole, as the ViT path always does.
@@ -55,7 +61,7 @@ def check(sec, key="prune", fams=None):
     params.check_choice(f"{key}.channels", sec["channels"], set(CHANNELS))
     params.check_range(f"{key}.ratio", sec["ratio"], 0, 1, hi_inclusive=False)
     params.check_range(f"{key}.max_ratio", sec["max_ratio"], 0, 1, lo_inclusive=False, hi_inclusive=False)
-    if sec["scope"] == "global" and sec["max_ratio"] < sec["ratio"]:
+    if sec["scope"] != "uniform" and sec["max_ratio"] < sec["ratio"]:
         raise params.ParamError(f"{key}.max_ratio={sec['max_ratio']!r} is below {key}.ratio={sec['ratio']!r}; "
                                 f"expected max_ratio >= ratio (the cap on any one layer)")  # fmt: skip
     if sec.get("source") == "student_init" and sec["kd_from"] == "parent":
@@ -69,6 +75,8 @@ def check(sec, key="prune", fams=None):
     params.check_int(f"{key}.sparse_epochs", sec.get("sparse_epochs", 0), 0)
     params.check_range(f"{key}.reg", sec.get("reg", 0.0), 0, 100, lo_inclusive=False)
     params.check_choice(f"{key}.reg_form", sec.get("reg_form", "gradient"), set(REG_FORMS))
+    params.check_range(f"{key}.greedy_step", sec.get("greedy_step", 0.1), 0, 0.5, lo_inclusive=False)
+    params.check_int(f"{key}.greedy_images", sec.get("greedy_images", 256), 8)
     if sec["seed"] is not None:
         params.check_int(f"{key}.seed", sec["seed"], 0)
     return sec
@@ -114,6 +122,7 @@ def count(model, image_size):
 
 def build_pruner(model, image_size, cfg):
     """A MetaPruner for `cfg` (a `prune` section): importance, uniform/global ratio, iterative steps.
+    With `stage_ratios` (greedy's allocation, one per `stages(model)`), each stage's layers lose their own.
 
     Hybrids (MobileViT: convs around transformer blocks) lose conv channels and MLP width; their attention
     projections are kept whole."""
@@ -121,11 +130,14 @@ def build_pruner(model, image_size, cfg):
     attns = attention_layers(model)
     residual = residual_layers(model, image_size) if cfg["channels"] == "inner" else []
     cls, extra = pruner_class(cfg)
+    per_stage = cfg.get("stage_ratios")
+    if per_stage is not None:
+        extra["pruning_ratio_dict"] = {st: r for st, r in zip(stages(model), per_stage, strict=True) if r > 0}
     return cls(
         model,
         torch.rand(1, 3, image_size, image_size),
         importance=IMPORTANCE[cfg["importance"]](),
-        pruning_ratio=cfg["ratio"],
+        pruning_ratio=0.0 if per_stage is not None else cfg["ratio"],
         global_pruning=glob,
         isomorphic=glob,  # global ranking only among groups of the same structure (Fang et al. 2024)
         max_pruning_ratio=cfg["max_ratio"] if glob else 1.0,
@@ -197,11 +209,99 @@ def taylor_gradients(model, calib, batch_size=16):
         F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size], reduction="sum").backward()
 
 
-def check_for_model(importance, model, key="prune.importance"):
-    """What the model family cannot do, refused before any work: ViTs have no BatchNorm scales to rank."""
+def stages(model):
+    """A timm CNN's stages, greedy's units: `blocks` (EfficientNet, MobileNet), `stages` (ConvNeXt, MobileOne,
+    RegNet) or ResNet's layer1..4. Coupled channels (a stage's residual stream) stay inside one stage."""
+    net = model.net
+    for name in ("blocks", "stages"):
+        seq = getattr(net, name, None)
+        if isinstance(seq, nn.Sequential) and len(seq) > 1:
+            return list(seq)
+    layers = [getattr(net, f"layer{i}") for i in range(1, 5) if hasattr(net, f"layer{i}")]
+    if not layers:
+        raise ValueError(f"{type(net).__name__} has no stages (blocks, stages or layer1..4) to allocate over")
+    return layers
+
+
+def greedy_search(n_stages, trial, base_macs, target_macs, step, cap):
+    """Per-stage ratios that bring the MACs to `target_macs`: start from nothing pruned; each round raises by
+    `step` (up to `cap`) the one stage whose raise costs the least output distortion per MAC saved, until the
+    MACs are at or below the target. `trial(ratios) -> (macs, distortion)` prunes a copy and measures it.
+    Returns (ratios, macs, distortion, rounds); stops early (and says so) when no stage can give more."""
+    ratios, macs, dist, rounds = [0.0] * n_stages, base_macs, 0.0, []
+    while macs > target_macs:
+        best = None
+        for i in range(n_stages):
+            if ratios[i] + step > cap + 1e-9:
+                continue
+            cand = [*ratios[:i], round(ratios[i] + step, 4), *ratios[i + 1 :]]
+            m, d = trial(cand)
+            if m >= macs:
+                continue  # rounding to round_to removed nothing at this step
+            key = (max(d - dist, 0.0) / (macs - m), m)  # distortion per MAC saved; ties: the larger saving
+            if best is None or key < best[0]:
+                best = (key, cand, m, d)
+        if best is None:
+            log.warning("greedy: no stage can be cut further (cap %.2f); MACs stay at %.1fM, target %.1fM",
+                        cap, macs / 1e6, target_macs / 1e6)  # fmt: skip
+            break
+        _, ratios, macs, dist = best
+        rounds.append(ratios)
+        log.info("greedy round %d: stage ratios %s, MACs %.1fM (target %.1fM), KL %.4f", len(rounds), ratios,
+                 macs / 1e6, target_macs / 1e6, dist)  # fmt: skip
+    return ratios, macs, dist, rounds
+
+
+def allocate(model, image_size, cfg, images, calib=None):
+    """scope greedy: the per-stage ratios (greedy_search) that remove as many MACs as uniform pruning at
+    cfg ratio, each candidate cut one-shot on a copy and scored by the KL divergence of its logits from the
+    unpruned model's on `images`. Returns (ratios, {what the search found, for the metrics})."""
+    one_shot = {**cfg, "iterative_steps": 1, "sparse_epochs": 0, "stage_ratios": None}
+
+    def cut(ratios):
+        pruned = copy.deepcopy(model).eval()
+        pruner = build_pruner(pruned, image_size, {**one_shot, "stage_ratios": ratios})
+        if cfg["importance"] == "taylor":
+            taylor_gradients(pruned, calib)
+        pruner.step()
+        return pruned
+
+    model.eval()
+    with torch.no_grad():
+        ref = model(images).log_softmax(1)
+
+    def trial(ratios):
+        pruned = cut(ratios)
+        with torch.no_grad():
+            kl = F.kl_div(pruned(images).log_softmax(1), ref, log_target=True, reduction="batchmean")
+        return count(pruned, image_size)[0], float(kl)
+
+    uniform = copy.deepcopy(model).eval()
+    pruner = build_pruner(uniform, image_size, {**one_shot, "scope": "uniform"})
+    if cfg["importance"] == "taylor":
+        taylor_gradients(uniform, calib)
+    pruner.step()
+    with torch.no_grad():
+        uniform_kl = float(F.kl_div(uniform(images).log_softmax(1), ref, log_target=True, reduction="batchmean"))
+    base, target = count(model, image_size)[0], count(uniform, image_size)[0]
+    n = len(stages(model))
+    ratios, _, kl, rounds = greedy_search(n, trial, base, target, cfg.get("greedy_step", 0.1), cfg["max_ratio"])
+    found = {"stage_ratios": ratios, "greedy_rounds": len(rounds), "greedy_kl": round(kl, 4),
+             "uniform_kl": round(uniform_kl, 4)}  # fmt: skip
+    log.info("greedy: stage ratios %s, one-shot KL %.4f (uniform at %.2f: %.4f) on %d images", ratios, kl,
+             cfg["ratio"], uniform_kl, len(images))  # fmt: skip
+    return ratios, found
+
+
+def check_for_model(importance, model, key="prune.importance", scope=None):
+    """What the model family cannot do, refused before any work: ViTs have no BatchNorm scales to rank, and
+    their heads are pruned the same in every block (greedy allocates over CNN stages)."""
     if attention_layers(model) and importance == "bn_scale":
         raise params.ParamError(f"{key}='bn_scale' ranks BatchNorm scales, which a ViT has none of; "
                                 f"expected one of {sorted(set(IMPORTANCE) - {'bn_scale'})}")  # fmt: skip
+    if scope == "greedy" and hasattr(model.net, "patch_embed") and attention_layers(model):
+        raise params.ParamError("prune.scope='greedy' allocates ratios over a CNN's stages; a ViT's heads and MLP "
+                                "width are pruned alike in every block: expected 'uniform' or 'global'")  # fmt: skip
 
 
 def attention_layers(model):
@@ -211,11 +311,12 @@ def attention_layers(model):
     return [m for m in model.modules() if isinstance(m, Attention)]
 
 
-def prune_structured(model, image_size, cfg, finetune=None, calib=None):
+def prune_structured(model, image_size, cfg, finetune=None, calib=None, probe=None):
     """Prune `model` in place by `cfg`; `finetune(model, step, epochs)` runs after every step.
 
     One-shot is iterative_steps=1; with k steps the ratio grows linearly to the same final
-    ratio, with a fine-tune between steps. `calib` (x float, y) is needed for Taylor importance.
+    ratio, with a fine-tune between steps. `calib` (x float, y) is needed for Taylor importance,
+    `probe` (float images) for scope greedy, whose search scores its candidate cuts on them.
     CNNs lose `ratio` of their channels; ViTs `ratio` of their attention heads (whole heads) and
     MLP hidden units. Returns (model, MACs/params before and after).
     """
@@ -224,17 +325,22 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None):
     macs_before, params_before = count(model, image_size)
     attns = attention_layers(model)
     is_vit = bool(attns) and hasattr(model.net, "patch_embed")  # hybrids (MobileViT) are pruned like CNNs
-    sparse, build = {}, build_vit_pruner if is_vit else build_pruner
+    extra, build = {}, build_vit_pruner if is_vit else build_pruner
+    if cfg["scope"] == "greedy":  # the allocation, then the same pruner with one ratio per stage
+        if is_vit or probe is None:
+            raise ValueError("scope greedy needs a CNN and probe images (probe=x)")
+        ratios, extra = allocate(model, image_size, cfg, probe, calib)
+        cfg = {**cfg, "stage_ratios": ratios}
     pruner = build(model.eval(), image_size, cfg)
     if cfg.get("sparse_epochs", 0):  # sparse learning: train with the group penalty, then prune what it shrank
         if finetune is None:
             raise ValueError("sparse_epochs > 0 needs a finetune callback to train with the penalty")
-        sparse["mass_cut_before_sparse"] = mass_cut(model, image_size, cfg, build, calib)
+        extra["mass_cut_before_sparse"] = mass_cut(model, image_size, cfg, build, calib)
         pruner.update_regularizer()
         model = finetune(model, -1, cfg["sparse_epochs"], regularizer=penalty(pruner, cfg.get("reg_form", "gradient")))
-        sparse["mass_cut_after_sparse"] = mass_cut(model, image_size, cfg, build, calib)
+        extra["mass_cut_after_sparse"] = mass_cut(model, image_size, cfg, build, calib)
         log.info("the full cut removes %.1f %% of the dense weights' squared mass before sparse learning, %.1f %% "
-                 "after", 100 * sparse["mass_cut_before_sparse"], 100 * sparse["mass_cut_after_sparse"])  # fmt: skip
+                 "after", 100 * extra["mass_cut_before_sparse"], 100 * extra["mass_cut_after_sparse"])  # fmt: skip
     for step, epochs in enumerate(epochs_per_step(cfg["epochs"], cfg["iterative_steps"])):
         if cfg["importance"] == "taylor":
             taylor_gradients(model, calib)
@@ -247,7 +353,7 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None):
         if finetune is not None and epochs > 0:
             model = finetune(model, step, epochs)
     # with sparse learning, whether the penalty did its job: the same cut removes less weight mass after it
-    return model.eval(), {**stats(macs_before, params_before, *count(model, image_size)), **sparse}
+    return model.eval(), {**stats(macs_before, params_before, *count(model, image_size)), **extra}
 
 
 def stats(macs_before, params_before, macs_after, params_after):

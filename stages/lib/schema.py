@@ -45,7 +45,7 @@ SCHEMA = {
     "prune": {
         "ratio": float,
         "importance": str,  # the criteria (or auto) are checked by lib/pruning.py (IMPORTANCE)
-        "scope": {"uniform", "global"},
+        "scope": {"uniform", "global", "greedy"},
         "max_ratio": float,
         "iterative_steps": int,
         "epochs": int,
@@ -58,6 +58,8 @@ SCHEMA = {
         "sparse_epochs": int,
         "reg": float,
         "reg_form": {"gradient", "decoupled"},
+        "greedy_step": float,
+        "greedy_images": int,
         "seed": int | None,
         "sweep": list[int],
     },
