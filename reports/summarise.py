@@ -148,12 +148,18 @@ def against_unpruned(r):
     return [*out, "", "Target: >= 40 % fewer MACs, neither threshold-free delta distinguishably worse (▼).", ""]
 
 
-# What a further recovery run changed, in words, by the params key that changed (see recovery_readme).
+# What a further recovery run changed, in words, by the params key that changed (see recovery_readme); a dict
+# when the words depend on the new value.
 KNOB_NOTES = {
     "prune.kd_from": "the fine-tune's soft targets are the unpruned distilled student's logits (`parent`), the model "
     "the pruned one is judged against, instead of the teacher's",
-    "prune.scope": "one L2 ranking over all layers (`global`; isomorphic groups, at most `max_ratio` of any one "
-    "layer): layers lose what matters least, at the ratio that gives about the same MACs",
+    "prune.scope": {
+        "global": "one L2 ranking over all layers (`global`; isomorphic groups, at most `max_ratio` of any one "
+        "layer): layers lose what matters least, at the ratio that gives about the same MACs",
+        "greedy": "each stage gets its own ratio (`greedy`): a search, before any fine-tune, removes the MACs uniform "
+        "pruning at `prune.ratio` removes, each round cutting further into the stage whose one-shot cut moves the "
+        "unpruned student's logits least per MAC saved",
+    },
     "prune.seed": "the prune fine-tunes shuffle and augment with another seed (`prune.seed`; null is base.seed): "
     "the same recipe, another draw, to see whether a borderline result holds",
     "prune.source": "the ImageNet student is pruned before any training (`student_init`) and the KD fine-tune, at "
@@ -264,6 +270,20 @@ def sparse_effect(run):
     return (" Share of the dense weights' squared mass the cut removes, " + "; ".join(said) + ".") if said else ""
 
 
+def greedy_effect(run):
+    """' Stage ratios the greedy search chose, ...' for a run pruned with scope greedy, else ''."""
+    said = [f"{name}: {m['stage_ratios']} ({m['macs_after_m']:.1f}M MACs; KL of the one-shot cut from the unpruned "
+            f"student's logits {m['greedy_kl']:.3f}, uniform pruning at {m['ratio']}: {m['uniform_kl']:.3f}"
+            + (f"; the search took {m['greedy_minutes']} min" if "greedy_minutes" in m else "") + ")"
+            for name, m in run["prune"].items() if "stage_ratios" in m]  # fmt: skip
+    return (" Stage ratios the greedy search chose, stem to head, " + "; ".join(said) + ".") if said else ""
+
+
+def knob_note(key, value):
+    note = KNOB_NOTES[key]
+    return note.get(value, "") if isinstance(note, dict) else note
+
+
 def epochs_label(m):
     """The fine-tune budget of a prune metrics dict: '16', or '8 sparse (decoupled, reg 1.0) + 8' with sparse
     learning before the cut (runs from before prune.reg_form had the gradient form)."""
@@ -328,7 +348,7 @@ def recovery_readme(run, minutes, *more):
     for p, other_minutes in zip(others, more[1::2], strict=True):
         e, name = p["experiment"], p["run"].name
         changes = changed_params(p["params"], main_params)
-        said = [note for key, note in KNOB_NOTES.items() if key in changes]
+        said = [knob_note(key, changes[key]) for key in KNOB_NOTES if key in changes]
         if changes.get("prune.ratio") == 0:
             said = [CONTROL_NOTE]
         same = [o["run"].name for o in [r, *others[: others.index(p)]] if pruned_hash(o) == pruned_hash(p)]
@@ -338,7 +358,7 @@ def recovery_readme(run, minutes, *more):
                 "cache); what changes is the INT8 recipes it is quantized with"
             ]
         out += ["", f"## {name}: {knobs(changes, ('prune.', 'compare.recipes') if same else ('prune.',))}",
-                "", sentence("; ".join(said)) + sparse_effect(p),
+                "", sentence("; ".join(filter(None, said))) + sparse_effect(p) + greedy_effect(p),
                 f"One `dvc repro` (run commit `{e['experiment_commit'][:7]}` on code `{e['baseline_commit'][:7]}`, "
                 f"upstream stages reused), wall time {other_minutes}; its report: [REPORT.md]({name}/REPORT.md). "
                 "The same from main:", "",

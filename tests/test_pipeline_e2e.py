@@ -474,6 +474,25 @@ def test_prune_sparse_learning_trains_with_the_penalty_before_the_cut(repo, tmp_
     assert not {"sparse_epochs", "reg", "mass_cut_before_sparse"} & committed.keys()
 
 
+def test_prune_greedy_scope_searches_stage_ratios_at_the_uniform_macs(repo, tmp_path):
+    """prune.scope=greedy reruns only prune and what follows; the stage removes at least the MACs of the committed
+    uniform model at the same ratio, with its own ratio per stage, and its metrics say which (the default run's do
+    not)."""
+    repo, _ = repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    greedy = {**params, "prune": {**params["prune"], "scope": "greedy", "greedy_step": 0.2, "greedy_images": 32}}
+    stale = stale_under(repo, greedy)
+    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
+
+    m = run_prune(repo, tmp_path, greedy)
+    committed = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
+    assert m["scope"] == "greedy" and (m["greedy_step"], m["greedy_images"]) == (0.2, 32)
+    assert m["macs_after_m"] <= committed["macs_after_m"] and m["macs_before_m"] == committed["macs_before_m"]
+    assert all(0 <= r <= params["prune"]["max_ratio"] for r in m["stage_ratios"]) and m["greedy_rounds"] >= 1
+    assert not {"stage_ratios", "greedy_kl", "greedy_step"} & committed.keys()
+    assert models.load(tmp_path / "out/model.pt")[0](torch.rand(2, 3, 64, 64)).shape == (2, 2)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_plots_render_offline_with_data(repo, tmp_path):
     """`dvc plots show` -> HTML with Vega inlined; Chromium draws every plot with data, no network."""

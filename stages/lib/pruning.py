@@ -22,6 +22,7 @@ kernels keep their shape) and the MLP hidden width is pruned; the residual width
 
 import copy
 import logging
+import time
 
 import torch
 import torch.nn.functional as F
@@ -256,7 +257,7 @@ def allocate(model, image_size, cfg, images, calib=None):
     """scope greedy: the per-stage ratios (greedy_search) that remove as many MACs as uniform pruning at
     cfg ratio, each candidate cut one-shot on a copy and scored by the KL divergence of its logits from the
     unpruned model's on `images`. Returns (ratios, {what the search found, for the metrics})."""
-    one_shot = {**cfg, "iterative_steps": 1, "sparse_epochs": 0, "stage_ratios": None}
+    one_shot, start = {**cfg, "iterative_steps": 1, "sparse_epochs": 0, "stage_ratios": None}, time.perf_counter()
 
     def cut(ratios):
         pruned = copy.deepcopy(model).eval()
@@ -287,7 +288,7 @@ def allocate(model, image_size, cfg, images, calib=None):
     n = len(stages(model))
     ratios, _, kl, rounds = greedy_search(n, trial, base, target, cfg.get("greedy_step", 0.1), cfg["max_ratio"])
     found = {"stage_ratios": ratios, "greedy_rounds": len(rounds), "greedy_kl": round(kl, 4),
-             "uniform_kl": round(uniform_kl, 4)}  # fmt: skip
+             "uniform_kl": round(uniform_kl, 4), "greedy_minutes": round((time.perf_counter() - start) / 60, 2)}  # fmt: skip
     log.info("greedy: stage ratios %s, one-shot KL %.4f (uniform at %.2f: %.4f) on %d images", ratios, kl,
              cfg["ratio"], uniform_kl, len(images))  # fmt: skip
     return ratios, found
