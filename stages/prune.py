@@ -3,7 +3,7 @@
     python -m stages.prune data/prepared artifacts/student_kd/model.pt artifacts/teacher/model.pt \
         artifacts/student_pruned plots/train/student_pruned metrics/prune/student_pruned.json
 
-Importance, uniform/global ratio, one-shot or iterative (a KD fine-tune after every step), the
+Importance, uniform/global/greedy ratio, one-shot or iterative (a KD fine-tune after every step), the
 fine-tune budget and whose logits it distils (`kd_from`) come from params `prune` (see lib/pruning). The stem and the classifier
 are never pruned. `prune_sweep` runs the same with the ratio given on the command line.
 """

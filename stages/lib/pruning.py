@@ -257,36 +257,26 @@ def allocate(model, image_size, cfg, images, calib=None):
     """scope greedy: the per-stage ratios (greedy_search) that remove as many MACs as uniform pruning at
     cfg ratio, each candidate cut one-shot on a copy and scored by the KL divergence of its logits from the
     unpruned model's on `images`. Returns (ratios, {what the search found, for the metrics})."""
-    one_shot, start = {**cfg, "iterative_steps": 1, "sparse_epochs": 0, "stage_ratios": None}, time.perf_counter()
-
-    def cut(ratios):
-        pruned = copy.deepcopy(model).eval()
-        pruner = build_pruner(pruned, image_size, {**one_shot, "stage_ratios": ratios})
-        if cfg["importance"] == "taylor":
-            taylor_gradients(pruned, calib)
-        pruner.step()
-        return pruned
-
+    start = time.perf_counter()
     model.eval()
     with torch.no_grad():
         ref = model(images).log_softmax(1)
 
-    def trial(ratios):
-        pruned = cut(ratios)
+    def trial(stage_ratios):
+        """(MACs, KL from the unpruned logits) of the one-shot cut; stage_ratios None = uniform at cfg ratio."""
+        pruned = copy.deepcopy(model).eval()
+        one_shot = {**cfg, "iterative_steps": 1, "sparse_epochs": 0, "stage_ratios": stage_ratios}
+        pruner = build_pruner(pruned, image_size, one_shot)
+        if cfg["importance"] == "taylor":
+            taylor_gradients(pruned, calib)
+        pruner.step()
         with torch.no_grad():
             kl = F.kl_div(pruned(images).log_softmax(1), ref, log_target=True, reduction="batchmean")
         return count(pruned, image_size)[0], float(kl)
 
-    uniform = copy.deepcopy(model).eval()
-    pruner = build_pruner(uniform, image_size, {**one_shot, "scope": "uniform"})
-    if cfg["importance"] == "taylor":
-        taylor_gradients(uniform, calib)
-    pruner.step()
-    with torch.no_grad():
-        uniform_kl = float(F.kl_div(uniform(images).log_softmax(1), ref, log_target=True, reduction="batchmean"))
-    base, target = count(model, image_size)[0], count(uniform, image_size)[0]
-    n = len(stages(model))
-    ratios, _, kl, rounds = greedy_search(n, trial, base, target, cfg.get("greedy_step", 0.1), cfg["max_ratio"])
+    target, uniform_kl = trial(None)
+    step, n = cfg.get("greedy_step", 0.1), len(stages(model))
+    ratios, _, kl, rounds = greedy_search(n, trial, count(model, image_size)[0], target, step, cfg["max_ratio"])
     found = {"stage_ratios": ratios, "greedy_rounds": len(rounds), "greedy_kl": round(kl, 4),
              "uniform_kl": round(uniform_kl, 4), "greedy_minutes": round((time.perf_counter() - start) / 60, 2)}  # fmt: skip
     log.info("greedy: stage ratios %s, one-shot KL %.4f (uniform at %.2f: %.4f) on %d images", ratios, kl,
