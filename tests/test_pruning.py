@@ -207,6 +207,16 @@ def test_greedy_scope_removes_the_uniform_macs_with_its_own_ratio_per_stage(lite
         pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg)
 
 
+def test_greedy_on_a_cnn_without_stages_is_refused_before_any_work():
+    """A CNN whose stages lib/pruning cannot find (no blocks, stages or layer1..4) stops at the check, naming the
+    key and what is allowed, instead of failing inside the search."""
+    model = models.build("tf_efficientnet_lite0", 2)
+    model.net.blocks = torch.nn.Identity()  # nothing left to allocate over
+    with pytest.raises(ParamError, match=r"prune\.scope='greedy'.*no stages.*'uniform' or 'global'"):
+        pruning.check_for_model("l2", model, scope="greedy")
+    pruning.check_for_model("l2", model, scope="uniform")  # the other scopes do not need stages
+
+
 def test_zero_ratio_keeps_everything():
     model = models.build("tf_efficientnet_lite0", 2).eval()
     before = models.param_count(model)

@@ -290,9 +290,20 @@ def check_for_model(importance, model, key="prune.importance", scope=None):
     if attention_layers(model) and importance == "bn_scale":
         raise params.ParamError(f"{key}='bn_scale' ranks BatchNorm scales, which a ViT has none of; "
                                 f"expected one of {sorted(set(IMPORTANCE) - {'bn_scale'})}")  # fmt: skip
-    if scope == "greedy" and hasattr(model.net, "patch_embed") and attention_layers(model):
+    if scope == "greedy" and is_vit(model):
         raise params.ParamError("prune.scope='greedy' allocates ratios over a CNN's stages; a ViT's heads and MLP "
                                 "width are pruned alike in every block: expected 'uniform' or 'global'")  # fmt: skip
+    if scope == "greedy":
+        try:
+            stages(model)
+        except ValueError as e:
+            raise params.ParamError(f"prune.scope='greedy' allocates ratios over a CNN's stages, but {e}; "
+                                    "expected 'uniform' or 'global' for this model") from None  # fmt: skip
+
+
+def is_vit(model):
+    """A timm ViT (patch embedding + attention blocks); hybrids (MobileViT) are pruned like CNNs."""
+    return hasattr(model.net, "patch_embed") and bool(attention_layers(model))
 
 
 def attention_layers(model):
@@ -315,10 +326,10 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None, probe=No
         raise ValueError("taylor importance needs calibration images (calib=(x, y))")
     macs_before, params_before = count(model, image_size)
     attns = attention_layers(model)
-    is_vit = bool(attns) and hasattr(model.net, "patch_embed")  # hybrids (MobileViT) are pruned like CNNs
-    extra, build = {}, build_vit_pruner if is_vit else build_pruner
+    vit = is_vit(model)
+    extra, build = {}, build_vit_pruner if vit else build_pruner
     if cfg["scope"] == "greedy":  # the allocation, then the same pruner with one ratio per stage
-        if is_vit or probe is None:
+        if vit or probe is None:
             raise ValueError("scope greedy needs a CNN and probe images (probe=x)")
         ratios, extra = allocate(model, image_size, cfg, probe, calib)
         cfg = {**cfg, "stage_ratios": ratios}
