@@ -1,0 +1,437 @@
+"""ANALYSIS.md quotes numbers from committed files; these tests keep every quote equal to its source.
+
+QUOTES lists each quote as (what, text, source, template). `text` is the quote as ANALYSIS.md writes it; `template`
+renders the same text from `source` through `{path:spec}` fields. A source is a JSON or CSV file relative to the
+repository root, or a member of a committed archive (`lab/<study>/runs.tar.xz:<run>/metrics/report.json`).
+
+- path: keys joined by dots (`steps.int8.delta.speedup_x`); a number indexes a list (`auroc_delta_pt_ci95.0`);
+  `[key=value]` picks the one list item or CSV row whose `key` is `value`
+  (`[variant=student_pruned_ort_fp32].auroc_delta_pt`). A CSV file is a list of rows; a cell that parses as JSON
+  (a number, `[-2.71, 0.78]`) is read as such.
+- spec: a format spec (`+.1f`, `.3f`); `%.1f` multiplies by 100 first (a fraction quoted as a percentage); `mark`
+  writes a verdict as REPORT.md does: " ▲" better, " ▼" worse, nothing when the interval includes zero.
+
+When a rerun changes a value, the failure names the quote, the text ANALYSIS.md has and the text the source gives
+now: replace the one with the other in ANALYSIS.md and in QUOTES, and reread the sentence when a mark came or went
+(the prose says "distinguishable" only where a mark is). A number in ANALYSIS.md that no quote covers fails too, so
+every new number needs its entry here.
+"""
+
+import csv
+import functools
+import io
+import json
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ANALYSIS = ROOT / "ANALYSIS.md"
+MAX_WORDS = 1050  # issue 24: "at most ~1,000 words", counted as `wc -w` counts them (an interval is three words)
+MAX_FIGURES = 2
+# Number-looking text that is a definition or a name, not a result.
+NOT_RESULTS = ("95 % recall", "95 % intervals", "2:4")
+# What counts as a number: integers, decimals, percentages ("35.4 %"), speed-ups ("12.91x"); the numbers of an
+# interval are matched one by one. Digits inside words (Lite0, INT8, p50, batch-1) are names.
+NUMBER = re.compile(r"(?<![\w.+\-])[-+]?\d+(?:[.,]\d+)*(?:\s?%|x(?!\w))?")
+MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
+
+# The committed default run (one `dvc repro`, committed with dvc.lock).
+REPORT = "metrics/report.json"
+HEADLINE = "metrics/headline.json"
+PREPARE = "metrics/prepare.json"
+MACHINE = "metrics/fingerprint.json"
+PRUNE = "metrics/prune/student_pruned.json"  # also the path inside each study run
+
+
+def study(name, path):
+    """A file of one run of a lab study. Each study's runs are packed into lab/<name>/runs.tar.xz with the paths
+    they had under reports/<name>/; until that move is committed they are read from reports/. TODO(lab move): once
+    lab/ is committed and reports/ gone, return f"lab/{name}/runs.tar.xz:{path}" (a member of the archive)."""
+    return f"reports/{name}/{path}"
+
+
+MENU = study("precision_menu", "exp-menu/metrics/report.json")
+VIT = study("vit_tiny_teacher", "exp-vit/metrics/report.json")
+MOBILEONE = study("mobileone", "exp-mobileone/metrics/report.json")
+SPARSE = study("sparse_study", "exp-sparse/metrics/report.json")
+GPU_24 = study("gpu_h100", "sparse24.json")
+SWEEP = study("prune_sweep", "exp-sweep/plots/report/sweep.csv")
+SWEEP_PRUNE = study("prune_sweep", "exp-sweep/metrics/prune/student_pruned_r20.json")
+GREEDY_PRUNE = study("prune_recovery", f"exp-greedy/{PRUNE}")
+
+
+def recovery(run, file="plots/report/sweep.csv"):
+    """A file of one prune_recovery run; by default its pruned-vs-unpruned table (a row per model and recipe)."""
+    return study("prune_recovery", f"{run}/{file}")
+
+
+def interval(value, low, high, verdict=None, spec="+.1f", unit=""):
+    mark = f"{{{verdict}:mark}}" if verdict else ""
+    return f"{{{value}:{spec}}}{unit} [{{{low}:{spec}}}, {{{high}:{spec}}}]{mark}"
+
+
+def ci95(key, verdict=None, **kw):
+    """A value with its paired interval stored as the pair `<key>_ci95` (steps, precision, sweep.csv)."""
+    return interval(key, f"{key}_ci95.0", f"{key}_ci95.1", verdict or f"{key}_verdict", **kw)
+
+
+def ci(key, **kw):
+    """A value with its paired interval stored as `<key>_ci_low` / `<key>_ci_high` (report.json's variants)."""
+    return interval(key, f"{key}_ci_low", f"{key}_ci_high", f"{key}_verdict", **kw)
+
+
+def menu(variant, key, **kw):
+    """One recipe of the precision menu, against the same model in ORT FP32 (`<what>_vs_fp32_pt`/`_x`)."""
+    path = f"precision.[variant={variant}].{key}"
+    return ci95(path, verdict=path.rsplit("_", 1)[0] + "_verdict", **kw)
+
+
+X = {"spec": ".2f", "unit": "x"}  # speed-ups and size ratios, written as REPORT.md writes them
+DEPLOYED = "variants.student_int8_static_pc"  # what headline.json deploys (the "deployed variant" quote)
+TEACHER = "variants.teacher_torch_fp32"
+KD_INT8 = "variants.student_kd_int8_static_pc"
+ORT = "[variant=student_pruned_ort_fp32]"  # the pruned model in a study's sweep.csv, ORT FP32
+INT8 = "[variant=student_pruned_int8_static_pc]"
+
+QUOTES = [
+    # The data and the machine
+    ("test images", "394 test images", PREPARE, "{test_images} test images"),
+    ("test defects", "123", PREPARE, "{test_defect}"),
+    ("usable CPUs", "2-vCPU", MACHINE, "{usable_cpus}-vCPU"),
+    ("benchmark threads", "2 threads", REPORT, f"{{{TEACHER}.threads}} threads"),
+    ("ONNX Runtime version", "1.31.1", MACHINE, "{libraries.onnxruntime}"),
+    # The deployed model against the teacher
+    ("deployed variant", "`student_int8_static_pc`", HEADLINE, "`{deployed}`"),
+    ("deployed speed-up vs teacher", "12.91x [12.49, 13.35] ▲", REPORT, ci(f"{DEPLOYED}.speedup_x", **X)),
+    ("deployed p50 latency", "0.911 ms", REPORT, f"{{{DEPLOYED}.latency_ms_p50:.3f}} ms"),
+    ("teacher p50 latency", "12.2 ms", REPORT, f"{{{TEACHER}.latency_ms_p50:.1f}} ms"),
+    ("deployed file size", "3.62 MB", REPORT, f"{{{DEPLOYED}.size_mb:.2f}} MB"),
+    ("teacher file size", "18.73 MB", REPORT, f"{{{TEACHER}.size_mb:.2f}} MB"),
+    ("deployed peak memory", "158 MB", REPORT, f"{{{DEPLOYED}.peak_rss_mb:.0f}} MB"),
+    ("teacher peak memory", "1245 MB", REPORT, f"{{{TEACHER}.peak_rss_mb:.0f}} MB"),
+    ("deployed Δ AUROC vs teacher", "AUROC -0.6 [-2.5, +1.3]", REPORT, "AUROC " + ci(f"{DEPLOYED}.auroc_delta_pt")),
+    ("deployed Δ FPR@95 vs teacher", "+6.3 [-6.5, +17.9]", REPORT, ci(f"{DEPLOYED}.fpr_at_recall_95pct_delta_pt")),
+    (
+        "deployed Δ FPR@95 vs teacher, interval alone",
+        "[-6.5, +17.9]",
+        REPORT,
+        f"[{{{DEPLOYED}.fpr_at_recall_95pct_delta_pt_ci_low:+.1f}}, {{{DEPLOYED}.fpr_at_recall_95pct_delta_pt_ci_high:+.1f}}]",
+    ),
+    ("deployed test recall", "93.5 %", REPORT, f"{{{DEPLOYED}.recall:%.1f}} %"),
+    ("teacher test recall", "91.1 %", REPORT, f"{{{TEACHER}.recall:%.1f}} %"),
+    ("deployed Δ recall vs teacher", "+2.4 [-1.7, +7.0]", REPORT, ci(f"{DEPLOYED}.recall_delta_pt")),
+    ("deployed test FPR", "35.4 %", REPORT, f"{{{DEPLOYED}.fpr:%.1f}} %"),
+    ("teacher test FPR", "21.0 %", REPORT, f"{{{TEACHER}.fpr:%.1f}} %"),
+    ("deployed Δ FPR vs teacher", "+14.4 [+8.7, +19.9] ▼", REPORT, ci(f"{DEPLOYED}.fpr_delta_pt")),
+    # Step by step (REPORT.md's step table)
+    ("runtime Δ AUROC", "+0.0 [+0.0, +0.0]", REPORT, ci95("steps.runtime.delta.auroc_delta_pt")),
+    ("runtime Δ FPR@95", "+0.0 [+0.0, +0.0]", REPORT, ci95("steps.runtime.delta.fpr_at_recall_95pct_delta_pt")),
+    ("runtime speed-up", "4.19x [3.76, 4.67] ▲", REPORT, ci95("steps.runtime.delta.speedup_x", **X)),
+    ("runtime file", "0.98x", REPORT, "{steps.runtime.delta.size_ratio:.2f}x"),
+    ("smaller model Δ AUROC", "-0.2 [-1.5, +1.3]", REPORT, ci95("steps.smaller_model.delta.auroc_delta_pt")),
+    (
+        "smaller model Δ FPR@95",
+        "-1.1 [-10.2, +9.0]",
+        REPORT,
+        ci95("steps.smaller_model.delta.fpr_at_recall_95pct_delta_pt"),
+    ),
+    ("smaller model speed-up", "1.67x [1.54, 1.80] ▲", REPORT, ci95("steps.smaller_model.delta.speedup_x", **X)),
+    ("smaller model file", "0.70x", REPORT, "{steps.smaller_model.delta.size_ratio:.2f}x"),
+    ("distillation Δ AUROC", "+0.3 [-1.4, +2.0]", REPORT, ci95("steps.distillation.delta.auroc_delta_pt")),
+    (
+        "distillation Δ FPR@95",
+        "-4.4 [-18.5, +5.2]",
+        REPORT,
+        ci95("steps.distillation.delta.fpr_at_recall_95pct_delta_pt"),
+    ),
+    ("distillation speed-up", "1.00x [0.80, 1.26]", REPORT, ci95("steps.distillation.delta.speedup_x", **X)),
+    ("distillation file", "1.00x", REPORT, "{steps.distillation.delta.size_ratio:.2f}x"),
+    ("INT8 Δ AUROC", "+0.2 [-0.2, +0.8]", REPORT, ci95("steps.int8.delta.auroc_delta_pt")),
+    ("INT8 Δ FPR@95", "+0.0 [-5.2, +7.3]", REPORT, ci95("steps.int8.delta.fpr_at_recall_95pct_delta_pt")),
+    ("INT8 speed-up", "1.82x [1.71, 1.94] ▲", REPORT, ci95("steps.int8.delta.speedup_x", **X)),
+    ("INT8 file", "0.28x", REPORT, "{steps.int8.delta.size_ratio:.2f}x"),
+    ("pruning ratio", "25 %", PRUNE, "{ratio:%.0f} %"),
+    ("pruning Δ AUROC", "-3.6 [-6.1, -1.2] ▼", REPORT, ci95("steps.pruning.delta.auroc_delta_pt")),
+    ("pruning Δ FPR@95", "+14.8 [-2.2, +39.1]", REPORT, ci95("steps.pruning.delta.fpr_at_recall_95pct_delta_pt")),
+    ("pruning speed-up", "1.37x [1.29, 1.45] ▲", REPORT, ci95("steps.pruning.delta.speedup_x", **X)),
+    ("pruning file", "0.59x", REPORT, "{steps.pruning.delta.size_ratio:.2f}x"),
+    ("INT8 speed-up, 1 thread", "2.33x [2.23, 2.43] ▲", REPORT, ci95("steps.int8.delta.speedup_x_1t", **X)),
+    ("teacher INT8 Δ AUROC", "-0.6 [-1.2, -0.0] ▼", REPORT, menu("teacher_int8_static_pc", "auroc_vs_fp32_pt")),
+    # What distillation buys
+    ("distillation Δ FPR at threshold", "-6.6 [-11.8, -1.8] ▲", REPORT, ci95("steps.distillation.delta.fpr_delta_pt")),
+    ("distillation Δ recall", "+0.0 [-2.7, +2.3]", REPORT, ci95("steps.distillation.delta.recall_delta_pt")),
+    ("distilled INT8 p50 latency", "0.913 ms", REPORT, f"{{{KD_INT8}.latency_ms_p50:.3f}} ms"),
+    (
+        "deployed latency interval",
+        "[0.894, 0.965]",
+        REPORT,
+        f"[{{{DEPLOYED}.latency_ms_p50_ci_low:.3f}}, {{{DEPLOYED}.latency_ms_p50_ci_high:.3f}}]",
+    ),
+    (
+        "distilled INT8 latency interval",
+        "[0.848, 1.046]",
+        REPORT,
+        f"[{{{KD_INT8}.latency_ms_p50_ci_low:.3f}}, {{{KD_INT8}.latency_ms_p50_ci_high:.3f}}]",
+    ),
+    ("distilled INT8 test FPR", "29.5 %", REPORT, f"{{{KD_INT8}.fpr:%.1f}} %"),
+    (
+        "MobileOne distillation Δ AUROC",
+        "+1.9 [+0.7, +3.2] ▲",
+        MOBILEONE,
+        ci95("steps.distillation.delta.auroc_delta_pt"),
+    ),
+    # Which recipes fail
+    ("teacher per-tensor Δ AUROC", "-13.0 [-17.6, -8.5] ▼", MENU, menu("teacher_int8_static_pt", "auroc_vs_fp32_pt")),
+    (
+        "student per-tensor Δ AUROC",
+        "-14.1 [-18.8, -9.9] ▼",
+        MENU,
+        menu("student_kd_int8_static_pt", "auroc_vs_fp32_pt"),
+    ),
+    ("student dynamic Δ AUROC", "-14.1 [-18.9, -9.8] ▼", MENU, menu("student_kd_int8_dynamic", "auroc_vs_fp32_pt")),
+    ("student dynamic speed", "0.10x [0.05, 0.18] ▼", MENU, menu("student_kd_int8_dynamic", "speedup_vs_fp32_x", **X)),
+    ("teacher QAT Δ AUROC", "-0.0 [-0.7, +0.6]", MENU, menu("teacher_int8_qat", "auroc_vs_fp32_pt")),
+    ("teacher QAT speed", "0.55x [0.22, 1.38]", MENU, menu("teacher_int8_qat", "speedup_vs_fp32_x", **X)),
+    ("ViT naive INT8 Δ AUROC", "-6.5 [-9.6, -3.7] ▼", VIT, ci95("steps.vit_int8_naive.delta.auroc_delta_pt")),
+    (
+        "ViT naive INT8 Δ FPR@95",
+        "+31.0 [+8.1, +45.9] ▼",
+        VIT,
+        ci95("steps.vit_int8_naive.delta.fpr_at_recall_95pct_delta_pt"),
+    ),
+    ("ViT-safe INT8 Δ AUROC", "-0.8 [-1.5, -0.1] ▼", VIT, ci95("steps.vit_int8_safe.delta.auroc_delta_pt")),
+    ("ViT-safe INT8 speed-up", "1.12x [0.96, 1.31]", VIT, ci95("steps.vit_int8_safe.delta.speedup_x", **X)),
+    ("unstructured sparsity", "50 %", SPARSE, "{pruning.sparse.student_sparse50.sparsity_all_weights:%.0f} %"),
+    ("50 % sparse speed", "0.89x [0.81, 0.99] ▼", SPARSE, ci("variants.student_sparse50_ort_fp32.speedup_x", **X)),
+    ("2:4 GEMMs on the H100", "0.026x", GPU_24, "{tokens_256.speedup_x:.3f}x"),
+    # Where pruning starts to hurt
+    ("sweep fine-tune epochs", "8 KD fine-tune epochs", SWEEP_PRUNE, "{epochs} KD fine-tune epochs"),
+    ("sweep ratio 10", "10 %", SWEEP, "{[variant=student_pruned_r10_ort_fp32].ratio_pct} %"),
+    ("sweep MACs at 10 %", "91.4 M", SWEEP, "{[variant=student_pruned_r10_ort_fp32].macs_m:.1f} M"),
+    ("unpruned MACs", "121.6 M MACs", SWEEP, "{[variant=student_kd_ort_fp32].macs_m:.1f} M MACs"),
+    (
+        "sweep Δ AUROC at 10 %",
+        "AUROC -0.5 [-2.6, +1.4]",
+        SWEEP,
+        "AUROC " + ci95("[variant=student_pruned_r10_ort_fp32].auroc_delta_pt"),
+    ),
+    ("sweep ratio 20", "20 %", SWEEP, "{[variant=student_pruned_r20_ort_fp32].ratio_pct} %"),
+    ("sweep MACs at 20 %", "76.7 M MACs", SWEEP, "{[variant=student_pruned_r20_ort_fp32].macs_m:.1f} M MACs"),
+    (
+        "sweep Δ AUROC at 20 %",
+        "-2.8 [-5.0, -0.8] ▼",
+        SWEEP,
+        ci95("[variant=student_pruned_r20_ort_fp32].auroc_delta_pt"),
+    ),
+    (
+        "sweep Δ AUROC at 40 %",
+        "40 %: -6.0 [-8.9, -3.5] ▼",
+        SWEEP,
+        "{[variant=student_pruned_r40_ort_fp32].ratio_pct} %: "
+        + ci95("[variant=student_pruned_r40_ort_fp32].auroc_delta_pt"),
+    ),
+    ("pruned INT8 p50 latency", "0.830 ms", REPORT, "{variants.student_pruned_int8_static_pc.latency_ms_p50:.3f} ms"),
+    ("greedy fine-tune epochs", "16 fine-tune epochs", GREEDY_PRUNE, "{epochs} fine-tune epochs"),
+    ("greedy MACs", "68.7 M MACs", GREEDY_PRUNE, "{macs_after_m:.1f} M MACs"),
+    (
+        "greedy Δ AUROC, FP32",
+        "AUROC -1.0 [-2.7, +0.8]",
+        recovery("exp-greedy"),
+        "AUROC " + ci95(f"{ORT}.auroc_delta_pt"),
+    ),
+    ("greedy seed 1 Δ AUROC, FP32", "-1.4 [-3.4, +0.3]", recovery("exp-greedy-s1"), ci95(f"{ORT}.auroc_delta_pt")),
+    ("greedy seed 2 Δ AUROC, FP32", "-1.6 [-3.5, +0.2]", recovery("exp-greedy-s2"), ci95(f"{ORT}.auroc_delta_pt")),
+    ("greedy Δ AUROC, INT8", "-1.4 [-3.2, +0.5]", recovery("exp-greedy"), ci95(f"{INT8}.auroc_delta_pt")),
+    ("greedy seed 1 Δ AUROC, INT8", "-2.2 [-4.3, -0.2] ▼", recovery("exp-greedy-s1"), ci95(f"{INT8}.auroc_delta_pt")),
+    ("greedy seed 2 Δ AUROC, INT8", "-1.8 [-3.8, +0.1]", recovery("exp-greedy-s2"), ci95(f"{INT8}.auroc_delta_pt")),
+    ("uniform 21 % Δ AUROC, FP32", "-2.1 [-4.3, -0.1] ▼", recovery("exp-u21"), ci95(f"{ORT}.auroc_delta_pt")),
+    ("control (nothing pruned)", "+1.4 [+0.2, +2.5] ▲", recovery("exp-ctrl"), ci95(f"{ORT}.auroc_delta_pt")),
+    ("control, seed 1", "+0.5 [-0.3, +1.3]", recovery("exp-ctrl-s1"), ci95(f"{ORT}.auroc_delta_pt")),
+    # What the evidence cannot tell
+    ("largest latency CoV over rounds", "13.0 %", HEADLINE, "{max_cov_pct:.1f} %"),
+    (
+        "INT8 step in the precision-menu run",
+        "2.70x [1.31, 5.58] ▲",
+        MENU,
+        menu("student_kd_int8_static_pc", "speedup_vs_fp32_x", **X),
+    ),
+]
+
+# Claims in words that no quoted number carries: (what, source, path, value the prose assumes).
+CLAIMS = [
+    (
+        "select ships the fastest qualifying variant (a tie on latency is broken only on exact equality)",
+        "metrics/select.json",
+        "rule",
+        "among the ONNX Runtime variants that meet every constraint, the lowest batch-1 latency (benchmark p50 at "
+        "base.threads); ties go to the higher validation AUROC, then the name",
+    ),
+    ("the sweep prunes with L2 group importance", SWEEP_PRUNE, "importance", "l2"),
+    ("the sweep cuts the same share from every stage", SWEEP_PRUNE, "scope", "uniform"),
+    ("the sweep cuts in one shot", SWEEP_PRUNE, "iterative_steps", 1),
+    ("the default 25 % cut is distinguishably worse in the sweep", SWEEP, f"{ORT}.auroc_delta_pt_verdict", "worse"),
+    ("the 70 % cut too", SWEEP, "[variant=student_pruned_r70_ort_fp32].auroc_delta_pt_verdict", "worse"),
+    ("the recovery recipe is the greedy allocation", GREEDY_PRUNE, "scope", "greedy"),
+    ("the uniform comparison is uniform", recovery("exp-u21", PRUNE), "scope", "uniform"),
+    ("... at the greedy run's ratio", recovery("exp-u21", PRUNE), "ratio", 0.21),
+    ("... and epochs", recovery("exp-u21", PRUNE), "epochs", 16),
+    ("the greedy run's ratio", GREEDY_PRUNE, "ratio", 0.21),
+    ("the control prunes nothing", recovery("exp-ctrl", PRUNE), "ratio", 0.0),
+    ("... with the greedy run's fine-tune", recovery("exp-ctrl", PRUNE), "epochs", 16),
+    ("the second control prunes nothing", recovery("exp-ctrl-s1", PRUNE), "ratio", 0.0),
+]
+
+
+def split(source):
+    """(file in the working tree, member of it or None): `lab/x/runs.tar.xz:run/metrics/report.json` names a member."""
+    file, _, member = source.partition(".tar.xz:")
+    return (f"{file}.tar.xz", member) if member else (source, None)
+
+
+@functools.cache
+def archive(file):
+    """Every file of a .tar.xz by name, read in one pass (an xz stream cannot seek: each member read alone would
+    decompress the archive up to it again)."""
+    with tarfile.open(ROOT / file) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+@functools.cache
+def load(source):
+    file, member = split(source)
+    if member:
+        text = archive(file)[member].decode()
+    else:
+        text = (ROOT / file).read_text()
+    if source.endswith(".csv"):
+        return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+    return json.loads(text)
+
+
+def cell(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def lookup(data, path):
+    for key, value, name in re.findall(r"\[([^=\]]+)=([^\]]*)\]|([^.\[\]]+)", path):
+        if name:
+            data = data[int(name)] if isinstance(data, list) else data[name]
+            continue
+        rows = [row for row in data if str(row.get(key)) == value]
+        if len(rows) != 1:
+            raise KeyError(f"[{key}={value}] matches {len(rows)} rows, not 1")
+        data = rows[0]
+    return data
+
+
+def render(template, data):
+    def field(match):
+        value = lookup(data, match[1])
+        spec = match[2] or ""
+        if spec == "mark":
+            return MARKS[value]
+        if spec.startswith("%"):
+            return format(value * 100, spec[1:])
+        return format(value, spec)
+
+    return re.sub(r"\{([^{}:]+)(?::([^{}]*))?\}", field, template)
+
+
+def flat(text):
+    """Line breaks and runs of spaces as one space, so a quote may wrap."""
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return flat(ANALYSIS.read_text())
+
+
+def test_quotes_match_their_sources():
+    problems = []
+    for what, text, source, template in QUOTES:
+        if not (ROOT / split(source)[0]).exists():
+            problems.append(f"{what}: {split(source)[0]} does not exist; re-point the quote (a study's: see `study()`)")
+            continue
+        try:
+            now = render(template, load(source))
+        except (KeyError, IndexError, TypeError, ValueError, tarfile.TarError) as e:
+            problems.append(f"{what}: {source} has no {template!r} ({type(e).__name__}: {e})")
+            continue
+        if now != text:
+            problems.append(f"{what}: ANALYSIS.md quotes {text!r}, {source} now gives {now!r}")
+    assert not problems, (
+        "replace each old text with the new one in ANALYSIS.md and in QUOTES (tests/test_analysis.py):\n"
+        + "\n".join(problems)
+    )
+
+
+def test_quotes_appear_in_analysis(analysis):
+    missing = [f"{what}: {text!r}" for what, text, _, _ in QUOTES if text not in analysis]
+    assert not missing, "ANALYSIS.md no longer has these quotes; fix the text or drop the entry:\n" + "\n".join(missing)
+
+
+def test_every_number_is_quoted(analysis):
+    spans = [
+        (m.start(), m.end())
+        for text in [text for _, text, _, _ in QUOTES] + list(NOT_RESULTS)
+        for m in re.finditer(re.escape(text), analysis)
+    ]
+    loose = [
+        f"{m[0]!r} in '...{analysis[max(0, m.start() - 40) : m.end() + 20]}...'"
+        for m in NUMBER.finditer(analysis)
+        if not any(start <= m.start() and m.end() <= end for start, end in spans)
+    ]
+    assert not loose, "numbers in ANALYSIS.md with no entry in QUOTES (add one: source, path, format):\n" + "\n".join(
+        loose
+    )
+
+
+def test_claims_hold():
+    wrong = [
+        f"{what}: {source} {path} is {lookup(load(source), path)!r}, ANALYSIS.md assumes {value!r}"
+        for what, source, path, value in CLAIMS
+        if lookup(load(source), path) != value
+    ]
+    assert not wrong, "reword ANALYSIS.md and update CLAIMS:\n" + "\n".join(wrong)
+
+
+def test_sources_are_committed():
+    sources = sorted({split(source)[0] for _, _, source, _ in QUOTES} | {split(s)[0] for _, s, _, _ in CLAIMS})
+    tracked = subprocess.run(["git", "ls-files", "--", *sources], cwd=ROOT, capture_output=True, text=True, check=True)
+    untracked = set(sources) - set(tracked.stdout.split())
+    assert not untracked, f"ANALYSIS.md quotes files that git does not track: {sorted(untracked)}"
+
+
+def test_figures_exist_and_length(analysis):
+    figures = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", analysis)
+    assert len(figures) <= MAX_FIGURES, f"ANALYSIS.md shows {len(figures)} figures; at most {MAX_FIGURES}"
+    assert all((ROOT / f).is_file() for f in figures), (
+        f"missing figures: {[f for f in figures if not (ROOT / f).is_file()]}"
+    )
+    words = len(analysis.split())
+    assert words <= MAX_WORDS, f"ANALYSIS.md has {words} words; at most {MAX_WORDS}"
+
+
+def test_render_reads_csv_json_and_archives(tmp_path):
+    (tmp_path / "t.csv").write_text('variant,ratio_pct,d,d_ci95,d_verdict\na,10,-2.84,"[-4.96, -0.81]",worse\n')
+    rows = load(str(tmp_path / "t.csv"))  # an absolute path stays itself under ROOT
+    assert render("{[variant=a].ratio_pct} %: " + ci95("[variant=a].d"), rows) == "10 %: -2.8 [-5.0, -0.8] ▼"
+    with pytest.raises(KeyError):
+        lookup(rows, "[variant=b].d")
+    run = tmp_path / "exp" / "metrics"
+    run.mkdir(parents=True)
+    data = {"v": [{"name": "x", "fpr": 0.3542, "s": 12.914, "s_ci95": [12.493, 13.349], "s_verdict": "same"}]}
+    (run / "report.json").write_text(json.dumps(data))
+    with tarfile.open(tmp_path / "runs.tar.xz", "w:xz") as tar:
+        tar.add(tmp_path / "exp", arcname="exp")
+    source = f"{tmp_path}/runs.tar.xz:exp/metrics/report.json"
+    assert split(source) == (f"{tmp_path}/runs.tar.xz", "exp/metrics/report.json")
+    assert render("{v.[name=x].fpr:%.1f} %, " + ci95("v.0.s", **X), load(source)) == "35.4 %, 12.91x [12.49, 13.35]"
