@@ -125,6 +125,16 @@ def pruning_section(ev, pruned, quality, guards, out, report_md):
     return text, {"first_degraded_ratio_pct": first, "sparse": sparse}
 
 
+def overlay_curves(curves_dir, variants, out):
+    """One tidy CSV per curve kind (roc, pr) with every variant's points and a `variant` column, so
+    `dvc plots show` draws one chart with all variants overlaid (evaluate writes a file per variant)."""
+    for kind in ("roc", "pr"):
+        files = [Path(curves_dir) / kind / f"{v}.csv" for v in sorted(variants)]
+        parts = [pd.read_csv(f).assign(variant=f.stem).rename_axis("point").reset_index() for f in files if f.is_file()]
+        if parts:
+            pd.concat(parts).to_csv(out / f"{kind}.csv", index=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("evaluate_dir", "benchmark", "rounds_csv", "predictions_dir", "prepare_metrics", "data_dir",
@@ -132,6 +142,7 @@ def main():
         parser.add_argument(name)
     parser.add_argument("--pruning", required=True, help="folder of pruning metrics (metrics/prune): sweep section")
     parser.add_argument("--select", help="metrics/select.json of the select stage: adds the deployment section")
+    parser.add_argument("--curves", help="plots/evaluate of the evaluate stages: ROC and PR of every variant overlaid")
     parser.add_argument("--models", nargs="+", required=True, help="params compare.models")
     parser.add_argument("--recipes", nargs="+", required=True, help="params compare.recipes")
     args = parser.parse_args()
@@ -162,6 +173,8 @@ def main():
     table.to_csv(out / "comparison.csv")
     pareto_points(table, quality).to_csv(out / "pareto.csv", index=False)
     plot(table, quality, out / "pareto.png")
+    if args.curves and ev.task == "binary":
+        overlay_curves(args.curves, ev.evaluated, out)
     section, pruning = pruning_section(ev, read_dir(args.pruning), quality, guards, out, args.report_md)
     write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
                               "recommended": recommended, "rule": rule, "quality": quality,
@@ -178,6 +191,10 @@ def main():
            "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
     which = precision.section(prec, reference, guards, p["quantize"]["max_drop_pt"])
     text = precision.insert(precision.insert(writeup.render(table, ctx), which), section)
+    if selected and selected["selected"] is None:  # the first thing a reader must see
+        title, rest = text.split("\n", 1)
+        banner = "> **Nothing deployed.** No variant met every `select.*` constraint: "
+        text = f"{title}\n\n{banner}{selection.none_qualified_line(selected)}\n{rest}"
     if selected:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
         text += "\n".join(selection.report_section(selected, ev.evaluated)) + "\n"
     write_text(args.report_md, text)

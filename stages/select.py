@@ -5,7 +5,9 @@
 
 Decides from validation metrics and the benchmark only (lib/selection: constraints `select.*`, rule
 `select.objective`, see selection.OBJECTIVES); every variant is listed in metrics/select.json with what it failed and by how much,
-and the stage fails with that list when none qualifies. The pick's test metrics are the honest estimate.
+When none qualifies, the stage still succeeds so the report is written: metrics/select.json says so, with
+the closest variant and the constraint that binds it, and the bundle holds deploy.json without a model (never
+a stale one), which `screen` refuses in one line. The pick's test metrics are the honest estimate.
 
 Then it checks the bundle the way a user runs it: `python -m stages.screen` in a fresh process (no
 torch) on up to `select.screen_images` raw files of the data set (the test split first), which gives
@@ -89,8 +91,14 @@ def main():
     assessed = selection.assess(bench["variants"], evaluations, sel)
     rule = selection.OBJECTIVES[sel["objective"]]
     chosen = selection.pick(assessed, sel["objective"])
+    constraints = {k: sel[k] for k in selection.CONSTRAINTS}
     if chosen is None:
-        sys.exit(f"select: {selection.none_qualified_message(assessed, sel)}")
+        message = selection.none_qualified_message(assessed, sel)
+        log.warning("%s", message)
+        deploy.write_empty_bundle(args.deploy_dir, message.splitlines()[0])
+        write_json(args.metrics, {"selected": None, "rule": rule, "constraints": constraints,
+                                  "closest": selection.closest(assessed), "variants": assessed})  # fmt: skip
+        return
     ev, entry = evaluations[chosen], bench["variants"][chosen]
     log.info("selected %s (%s)", chosen, rule)
 
@@ -98,7 +106,7 @@ def main():
             "threshold": ev.get("threshold_exact"), "threshold_rule": ev.get("threshold_rule"),
             "input_size": bench["image_size"], "decoding": deploy.decoding_rules(bench["image_size"],
                                                                                 p["prepare"]["max_side"]),
-            "selection": {"rule": rule, "constraints": {k: sel[k] for k in selection.CONSTRAINTS}},
+            "selection": {"rule": rule, "constraints": constraints},
             "validation": ev["val"], "test": test_metrics(ev), "benchmark": entry,
             "fingerprint": bench["fingerprint"], "params": p, "git": git_revision()}  # fmt: skip
     bundle = deploy.write_bundle(args.deploy_dir, entry["model_file"], meta)
@@ -116,8 +124,7 @@ def main():
     throughput = {**summary, "model_only_throughput_img_s": entry["throughput_img_s"],
                   "model_only_batch_size": bench["batch_size"]}  # fmt: skip
 
-    write_json(args.metrics, {"selected": chosen, "rule": rule,
-                              "constraints": {k: sel[k] for k in selection.CONSTRAINTS},
+    write_json(args.metrics, {"selected": chosen, "rule": rule, "constraints": constraints,
                               "test": test_metrics(ev), "validation": ev["val"], "model_sha256": bundle["model_sha256"],
                               "screen": throughput, "skew": check, "variants": assessed})  # fmt: skip
     log.info("screen: %d images at %.1f images/s incl. decoding (model only, benchmark: %.1f img/s); skew on %d test "

@@ -58,7 +58,8 @@ def compared(root):
 
 
 def test_every_variant_is_made_evaluated_and_plotted(root):
-    """compare.models x compare.recipes -> one quantize and one evaluate stage per variant, plotted by folder."""
+    """compare.models x compare.recipes -> one quantize and one evaluate stage per variant; the report overlays
+    every variant's ROC and PR points in one file each, the two curve charts of `dvc plots show`."""
     stages = resolved_stages(root)
     plots = [
         next(iter(p)) if isinstance(p, dict) else p for p in yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
@@ -70,7 +71,17 @@ def test_every_variant_is_made_evaluated_and_plotted(root):
         assert f"artifacts/variants/{v}" in [d.def_path for d in evaluate.deps]
         for kind in ("roc", "pr"):
             assert f"plots/evaluate/{kind}/{v}.csv" in [o.def_path for o in evaluate.outs]
-            assert f"plots/evaluate/{kind}" in plots
+    report = stages["report"]
+    assert "plots/evaluate" in [d.def_path for d in report.deps]
+    spec_plots = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
+    curves = {
+        next(iter(p.values()))["template"]
+        for p in spec_plots
+        if isinstance(p, dict) and "template" in next(iter(p.values()))
+    }
+    assert "curves" in curves and not any(n.startswith("plots/evaluate") for n in plots)  # one chart, not 1 per variant
+    for kind in ("roc", "pr"):
+        assert f"plots/report/{kind}.csv" in [o.def_path for o in report.outs]
 
 
 def test_benchmark_depends_on_every_variant_it_measures(root):

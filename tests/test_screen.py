@@ -121,6 +121,10 @@ def test_bad_bundle_and_empty_input_stop_with_one_line(bundle, tmp_path):
         f.write(b"\0")
     one_line_error(run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "sha256", "does not match")
     one_line_error(run_screen(tmp_path, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "deploy.json not found")
+    # select found no qualifying variant: the bundle holds no model, and screen says why in one line
+    deploy.write_empty_bundle(bundle, "no variant meets every constraint {'max_size_mb': 0.001}; nothing is deployed.")
+    assert sorted(p.name for p in bundle.iterdir()) == ["deploy.json"]  # no stale model left behind
+    one_line_error(run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "holds no model", "max_size_mb")
 
 
 @pytest.mark.parametrize("max_side", [None, 64])

@@ -97,6 +97,57 @@ def test_none_qualified_message_lists_every_variant_and_by_how_much():
     assert "max_size_mb: 3.5 vs 1.0 (off by 2.5 MB)" in msg and "runtime" in msg
 
 
+def test_when_nothing_qualifies_the_closest_variant_and_its_binding_constraint_are_named():
+    a = assess(max_size_mb=3.0)  # only the size binds: student_int8 misses by 0.5 MB of 3.0, the others by far more
+    assert selection.pick(a) is None
+    near = selection.closest(a)
+    assert near["variant"] == "student_int8" and near["binding"] == "max_size_mb" and near["by"] == pytest.approx(0.5)
+    # fewest failed constraints first: at min_recall 0.94 student_int8 misses recall and size, teacher_ort size only
+    a = assess(max_size_mb=3.0, min_recall=0.94)
+    assert selection.closest(a)["variant"] == "teacher_ort"
+    assert "closest: teacher_ort, bound by max_size_mb" in selection.none_qualified_message(a, SEL)
+    # margins: every active constraint, positive inside
+    assert a["teacher_ort"]["margins"] == {"min_recall": pytest.approx(0.01), "max_size_mb": pytest.approx(-15.0)}
+
+
+@pytest.mark.parametrize(
+    ("key", "limit", "excluded"),
+    [
+        ("min_recall", 0.9, "student_ort"),  # recall bound 0.88
+        ("max_fpr", 0.28, "student_int8"),  # FPR 0.3
+        ("max_latency_ms", 3.0, "teacher_ort"),  # 4 ms
+        ("max_size_mb", 15.0, "teacher_ort"),  # 18 MB
+        ("max_peak_rss_mb", 120, "teacher_ort"),  # 150 MB
+    ],
+)
+def test_each_constraint_excludes_a_variant_that_misses_it(key, limit, excluded):
+    off = dict.fromkeys(selection.CONSTRAINTS)
+    a = assess(**{**off, key: limit})
+    assert set(a[excluded]["failed"]) == {key}
+    assert all(key not in e["failed"] for n, e in a.items() if n not in (excluded, "teacher_fp32"))  # fp32: torch
+
+
+def test_default_constraints_let_a_clean_validation_set_of_50_defects_through(root):
+    """The threshold rule aims at 95 % observed validation recall; with 50 defects that is 48 caught, whose
+    one-sided 95 % lower bound (0.88) must not fall below the default select.min_recall."""
+    import yaml
+
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    labels = np.r_[np.ones(50, int), np.zeros(150, int)]
+    scores = np.r_[np.linspace(0.6, 1.0, 50), np.linspace(0.0, 0.5, 150)]  # clean: every defect above every good part
+    t, _ = thresholds.choose(scores, labels, p["evaluate"]["target_recall"], p["evaluate"]["threshold_rule"])
+    point = thresholds.operating_point(scores, labels, t)
+    ev = {"val": {**point, "auroc": 1.0}}
+    bench = {"runtime": "onnxruntime", "model_file": "m", "latency_ms_p50": 1.0, "size_mb": 3.0, "peak_rss_mb": 100}
+    a = selection.assess({"v": bench}, {"v": ev}, {**p["select"]})
+    assert a["v"]["qualified"], a["v"]["failed"]
+    # ...while a validation set too small to show the recall is refused, with the margin
+    labels, scores = np.r_[np.ones(10, int), np.zeros(30, int)], np.r_[np.linspace(0.6, 1, 10), np.linspace(0, 0.5, 30)]
+    t, _ = thresholds.choose(scores, labels, p["evaluate"]["target_recall"], p["evaluate"]["threshold_rule"])
+    ev = {"val": {**thresholds.operating_point(scores, labels, t), "auroc": 1.0}}
+    assert set(selection.assess({"v": bench}, {"v": ev}, {**p["select"]})["v"]["failed"]) == {"min_recall"}
+
+
 @pytest.mark.parametrize(
     ("key", "value", "task"),
     [

@@ -87,6 +87,16 @@ def write_bundle(folder, model_src, meta):
     return bundle
 
 
+def write_empty_bundle(folder, reason):
+    """A bundle that says no variant qualified: deploy.json without a model, so no stale model ships."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json(folder / BUNDLE_JSON, {"bundle_version": BUNDLE_VERSION, "variant": None, "model_file": None,
+                                      "reason": reason})  # fmt: skip
+
+
 def read_bundle(folder):
     """deploy.json, checked: a known bundle version and a model file whose sha256 matches."""
     path = Path(folder) / BUNDLE_JSON
@@ -99,6 +109,9 @@ def read_bundle(folder):
     version = bundle.get("bundle_version")
     if version != BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle_version={version!r} is not supported; this screen reads {BUNDLE_VERSION}")
+    if bundle.get("model_file") is None:
+        raise BundleError(f"{path} holds no model: {bundle.get('reason', 'no variant qualified')} "
+                          "(metrics/select.json lists every variant's margins)")  # fmt: skip
     model = Path(folder) / bundle["model_file"]
     if not model.is_file():
         raise BundleError(f"{model} not found; the bundle is incomplete")

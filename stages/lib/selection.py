@@ -65,7 +65,7 @@ def assess(bench_variants, evaluations, sel):
         if name not in evaluations:
             raise FileNotFoundError(f"variant {name!r} is in the benchmark but has no evaluate metrics")
         entry = {"runtime": bench["runtime"], "model_file": bench["model_file"], **observed(evaluations[name], bench)}
-        failed = {}
+        failed, margins = {}, {}
         if bench["runtime"] != DEPLOYABLE:
             failed["runtime"] = {"value": bench["runtime"], "limit": DEPLOYABLE}
         for key, (field, kind, _) in CONSTRAINTS.items():
@@ -73,9 +73,10 @@ def assess(bench_variants, evaluations, sel):
             if limit is None:
                 continue
             by = (limit - value) if kind == "min" else (value - limit)
+            margins[key] = round(-by, 4)  # > 0: inside the constraint by this much
             if by > 0:
                 failed[key] = {"value": value, "limit": limit, "by": round(by, 4)}
-        out[name] = {**entry, "qualified": not failed, "failed": failed}
+        out[name] = {**entry, "qualified": not failed, "failed": failed, "margins": margins}
     return out
 
 
@@ -108,11 +109,52 @@ def describe_failures(failed):
     return "; ".join(parts)
 
 
+def relative_miss(failed):
+    """How far a failed constraint misses, as a share of its limit (runtime: 1, it cannot be relaxed)."""
+    if "by" not in failed:
+        return 1.0
+    return failed["by"] / abs(failed["limit"]) if failed["limit"] else float("inf")
+
+
+def closest(assessed):
+    """When nothing qualifies: the deployable variant nearest to qualifying and the constraint that binds it.
+
+    Nearest = fewest failed constraints, then the smallest relative miss of the worst one; the binding
+    constraint is that worst one. None when no variant is deployable at all (runtime)."""
+    deployable = {n: e for n, e in assessed.items() if "runtime" not in e["failed"]}
+    if not deployable:
+        return None
+
+    def distance(name):
+        misses = [relative_miss(f) for f in deployable[name]["failed"].values()]
+        return (len(misses), max(misses, default=0.0), name)
+
+    name = min(deployable, key=distance)
+    failed = deployable[name]["failed"]
+    binding = max(failed, key=lambda k: relative_miss(failed[k]))
+    return {"variant": name, "binding": binding, **failed[binding], "failed": failed}
+
+
 def none_qualified_message(assessed, sel):
     active = {k: v for k, v in sel.items() if k in CONSTRAINTS and v is not None}
-    lines = [f"no variant meets every constraint {active}; relax one in params.yaml select.* (null = off):"]
+    near = closest(assessed)
+    lines = [f"no variant meets every constraint {active}; nothing is deployed. Relax one in params.yaml select.* "
+             "(null = off):"]  # fmt: skip
+    if near:
+        lines.append(f"  closest: {near['variant']}, bound by {near['binding']} ({near['value']} vs {near['limit']})")
     lines += [f"  {name}: {describe_failures(e['failed'])}" for name, e in assessed.items()]
     return "\n".join(lines)
+
+
+def none_qualified_line(sel_result):
+    """One sentence for when no variant met every constraint: the closest one and what binds it."""
+    near = sel_result.get("closest")
+    if near is None:
+        return "no variant runs in a deployable runtime (ONNX Runtime); add an ONNX recipe to compare.recipes."
+    unit = CONSTRAINTS.get(near["binding"], ("", "", ""))[2]
+    return (f"the closest, `{near['variant']}`, misses `select.{near['binding']}` by {near['by']:g}{unit} "
+            f"({near['value']} vs {near['limit']}); `artifacts/deploy/` holds no model and `screen` refuses it. "
+            "Relax that constraint or improve the model.")  # fmt: skip
 
 
 def _ci(value, interval):
@@ -124,19 +166,23 @@ def report_section(sel_result, evaluations):
     the screen command's end-to-end speed next to the model-only benchmark, the skew check, and the
     effect of each threshold rule."""
     c = {k: v for k, v in sel_result["constraints"].items() if v is not None}
-    chosen, test, scr, sk = sel_result["selected"], sel_result["test"], sel_result["screen"], sel_result["skew"]
+    chosen = sel_result["selected"]
     out = ["", "## Deployment: the selected variant", "",
            f"Constraints (params `select.*`, null = off): {c or 'none'}. Rule: {sel_result['rule']}. "
            "Decided on validation metrics and the benchmark only; `min_recall` is checked against the one-sided "
            "95 % lower bound of validation recall at the variant's threshold (multi-class: validation macro recall).", "",
            "| variant | runtime | val recall (95 % lower bound) | val FPR | val AUROC | p50 ms | MB | peak RSS MB | "
-           "qualified |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "margin to each constraint | qualified |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, e in sel_result["variants"].items():
         verdict = "**selected**" if name == chosen else ("yes" if e["qualified"] else describe_failures(e["failed"]))
         fpr = "" if e["val_fpr"] is None else f"{e['val_fpr']:.3f}"
+        margins = ", ".join(f"{k} {m:+g}" for k, m in e.get("margins", {}).items())
         out.append(f"| {name} | {e['runtime']} | {e['val_recall']:.3f} ({e['val_recall_bound']:.3f}) | {fpr} | "
                    f"{e['val_auroc']:.3f} | {e['latency_ms_p50']:.3f} | {e['size_mb']:.2f} | {e['peak_rss_mb']:.0f} | "
-                   f"{verdict} |")  # fmt: skip
+                   f"{margins} | {verdict} |")  # fmt: skip
+    if chosen is None:
+        return [*out, "", "**No variant qualified, so nothing is deployed**: " + none_qualified_line(sel_result)]
+    test, scr, sk = sel_result["test"], sel_result["screen"], sel_result["skew"]
     out += ["", f"**{chosen}** ships in `artifacts/deploy/` (model sha256 `{sel_result['model_sha256'][:16]}...`). "
             "Its test metrics, the honest estimate (test played no part in the choice): "
             + (f"recall {_ci(test['recall'], test.get('recall_ci95'))}, FPR {_ci(test['fpr'], test.get('fpr_ci95'))}, "
