@@ -8,8 +8,9 @@
 gains <name>/ with what that run produced, byte for byte: params.yaml, dvc.lock, REPORT.md, the metrics JSON and
 the report's CSV and PNG plots, plus experiment.json naming the experiment commit and the commit it ran on. A run of
 only some stages still carries every other stage's files from its base commit; --changed-only keeps params.yaml,
-dvc.lock and only the files the experiment changed. A new study is added to lab/studies.py first; its archive starts
-with the current params.yaml as the reference its commands are written against.
+dvc.lock and only the files the experiment changed. A new study is added to lab/studies.py first (and a new run to
+its `runs_only`, where it has one); a new archive starts with HEAD's params.yaml as the reference its commands are
+written against.
 """
 
 import argparse

@@ -22,7 +22,6 @@ class Run:
     def __init__(self, archive, name):
         self.archive, self.name = archive, name
         self.params = archive.yaml(f"{name}/params.yaml")
-        self.experiment = archive.json(f"{name}/experiment.json")
 
     def has(self, path):
         return f"{self.name}/{path}" in self.archive
@@ -54,10 +53,6 @@ class Run:
         """The prune fine-tunes' seed: prune.seed, or base.seed when that is null (or the run predates the key)."""
         seed = self.params["prune"].get("seed")
         return self.params["base"]["seed"] if seed is None else seed
-
-    def commits(self):
-        e = self.experiment
-        return e["experiment_commit"][:7], e["baseline_commit"][:7]
 
     def changes(self, reference):
         """{key: (value, added)} of what this run's params set differently from `reference`."""

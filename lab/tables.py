@@ -51,6 +51,7 @@ def reference(archive):
 def render(study, archive):
     """(README.md text, results.csv text, its command) of a study from its archive."""
     rows, columns, lines = KINDS[study.kind](archive, study, reference(archive))
+    line = command(study, archive, rows)
     runs = study.runs(archive)
     if runs:
         held = (
@@ -82,13 +83,13 @@ def render(study, archive):
         how,
         "",
         "```bash",
-        command(study, archive, rows),
+        line,
         "```",
         "",
         f"**Full runs.** [{NAME}]({NAME}) holds {held}. Unpack: `tar -xJf {NAME} -C DIR`.",
         "",
     ]
-    return "\n".join(text), csv_text(rows), command(study, archive, rows)
+    return "\n".join(text), csv_text(rows), line
 
 
 def index(rendered):
@@ -132,11 +133,11 @@ def regenerate(names, lab=LAB):
         readme, table, rendered[study.name] = render(study, archive)
         folder = Path(lab) / study.name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / README).write_text(readme)
-        (folder / CSV).write_text(table)
+        (folder / README).write_text(readme, encoding="utf-8")
+        (folder / CSV).write_text(table, encoding="utf-8")
         log.info("%s: %s (%d bytes), %s", study.name, README, len(readme.encode()), CSV)
     if not names:
-        (Path(lab) / README).write_text(index(rendered))
+        (Path(lab) / README).write_text(index(rendered), encoding="utf-8")
         log.info("lab/README.md: %d studies", len(rendered))
 
 
