@@ -130,8 +130,8 @@ STUDIES = [
         "pruned",
         example="exp-init16",
         runs_only=("exp-init", "exp-init16", "exp-init16-s1"),
-        removed="prune.source=student_init (and its init_student stage)",
-        notes=[RECOVERY_NOTE],
+        removed="prune.source=student_init",
+        notes=[RECOVERY_NOTE + " The init_student stage, which made the pruned ImageNet student, went with the knob."],
     ),
     Study(
         "prune_sparse_learning",
