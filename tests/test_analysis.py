@@ -48,10 +48,8 @@ PRUNE = "metrics/prune/student_pruned.json"  # also the path inside each study r
 
 
 def study(name, path):
-    """A file of one run of a lab study. Each study's runs are packed into lab/<name>/runs.tar.xz with the paths
-    they had under reports/<name>/; until that move is committed they are read from reports/. TODO(lab move): once
-    lab/ is committed and reports/ gone, return f"lab/{name}/runs.tar.xz:{path}" (a member of the archive)."""
-    return f"reports/{name}/{path}"
+    """A file of one run of a lab study: a member of lab/<name>/runs.tar.xz, where every run keeps its paths."""
+    return f"lab/{name}/runs.tar.xz:{path}"
 
 
 MENU = study("precision_menu", "exp-menu/metrics/report.json")
