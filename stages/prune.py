@@ -1,11 +1,12 @@
-"""prune: structured channel pruning of the distilled student, with KD fine-tunes.
+"""prune: structured channel pruning of the distilled student, with KD fine-tunes from the teacher.
 
     python -m stages.prune data/prepared artifacts/student_kd/model.pt artifacts/teacher/model.pt \
         artifacts/student_pruned plots/train/student_pruned metrics/prune/student_pruned.json
 
-Importance, uniform/global/greedy ratio, one-shot or iterative (a KD fine-tune after every step), the
-fine-tune budget and whose logits it distils (`kd_from`) come from params `prune` (see lib/pruning). The stem and the classifier
-are never pruned. `prune_sweep` runs the same with the ratio given on the command line.
+Importance, uniform/global/greedy ratio, one-shot or iterative (a KD fine-tune after every step) and the
+fine-tune budget come from params `prune` (see lib/pruning). The stem and the classifier are never pruned.
+`prune.source: teacher` prunes the teacher instead (e.g. a ViT into a smaller ViT). `prune_sweep` runs the
+same with the ratio given on the command line.
 """
 
 import argparse
@@ -36,7 +37,7 @@ def parser(doc, sweep=False):
     if sweep:
         ap.add_argument("ratio_pct", type=int, help="share of channels removed, in percent (prune.sweep item)")
     ap.add_argument("data_dir")
-    ap.add_argument("student", help="model.pt of the model to prune (params prune.source; the distilled student)")
+    ap.add_argument("student", help="model.pt of the model to prune (params prune.source: student_kd or teacher)")
     ap.add_argument("teacher", help="model.pt of the fine-tuned teacher")
     ap.add_argument("out_dir", help="folder for model.pt and card.json")
     ap.add_argument("live_dir", help="dvclive folder for the per-epoch curves of the last fine-tune")
@@ -56,30 +57,22 @@ def run(p, sec, args):
     where = f"families.{families.family(arch)}.prune_importance" if auto else "prune.importance"
     pruning.check_for_model(sec["importance"], student, where, sec["scope"])
     lr = families.lr(p["train"], p["families"], arch) * sec["lr_scale"]
-    # KD target of the fine-tunes: the fine-tuned teacher, or a frozen copy of the unpruned model (the parent)
-    teacher, _ = training.frozen_teacher(args.teacher if sec["kd_from"] == "teacher" else args.student)
+    teacher, _ = training.frozen_teacher(args.teacher)  # the KD target of the fine-tunes
     train_xy = data.load_split(args.data_dir, "train", size)
     val_xy = data.load_split(args.data_dir, "val", size)
     n_calib = 16 * sec["taylor_batches"]
     calib = (data.to_float(train_xy[0][:n_calib]), train_xy[1][:n_calib])
     probe = data.to_float(train_xy[0][: sec["greedy_images"]]) if sec["scope"] == "greedy" else None
     steps = sec["iterative_steps"]
-    history, sparse = [], []  # each fine-tune's best epoch and val AUROC; the sparse-learning phase's last
+    history = []  # each fine-tune's best epoch and val AUROC
 
-    def finetune(model, step, epochs, regularizer=None):
+    def finetune(model, step, epochs):
         # Recover with the distillation loss at a lower LR; only the last fine-tune's curves are kept.
-        # step -1 with a regularizer: sparse learning before the first pruning step (prune.sparse_epochs); its
-        # reg and form join the recipe so that a killed run resumes only from a checkpoint of the same penalty.
-        recipe = {
-            **p["train"],
-            "epochs": epochs,
-            "lr": lr,
-            **({"sparse_reg": [sec["reg"], sec["reg_form"]]} if regularizer else {}),
-        }
+        recipe = {**p["train"], "epochs": epochs, "lr": lr}
         with tempfile.TemporaryDirectory() as scratch:
             live = args.live_dir if step == steps - 1 else scratch
-            model, best = training.fit(model, train_xy, val_xy, recipe, live, base, teacher, p["distill"], regularizer)
-        (sparse if regularizer else history).append(best)
+            model, best = training.fit(model, train_xy, val_xy, recipe, live, base, teacher, p["distill"])
+        history.append(best)
         return model
 
     start = time.perf_counter()
@@ -88,17 +81,11 @@ def run(p, sec, args):
     if not distributed.is_main():
         return  # rank 0 writes the outputs
     best = history[-1]  # the last fine-tune: best epoch and its val AUROC
-    setting = {k: sec[k] for k in ("ratio", "channels", "importance", "scope", "max_ratio", "iterative_steps", "epochs",
-                                   "kd_from")}  # fmt: skip
+    # kd_from: what the fine-tunes distil, always the teacher; recorded as the committed runs' cards record it
+    keys = ("ratio", "importance", "scope", "max_ratio", "iterative_steps", "epochs")
+    setting = {**{k: sec[k] for k in keys}, "kd_from": "teacher"}
     if sec["scope"] == "greedy":  # its search's settings; what it found (stage_ratios ...) is in stats
         setting.update(greedy_step=sec["greedy_step"], greedy_images=sec["greedy_images"])
-    if sec["sparse_epochs"]:  # only then, so the default run's metrics keep their keys
-        setting.update(
-            sparse_epochs=sec["sparse_epochs"],
-            reg=sec["reg"],
-            reg_form=sec["reg_form"],
-            sparse_val_auroc=sparse[0]["val_auroc"],
-        )
     setting["source_model"] = Path(args.student).parent.name  # pruned from; judged against lib/sweep.compared_with
     setting["lr"] = lr
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})

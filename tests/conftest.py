@@ -17,24 +17,3 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture
 def root():
     return ROOT
-
-
-def penalty_only_finetune(image_size, steps, calls=None):
-    """A stand-in for the prune stage's KD fine-tune (lib/pruning's `finetune(model, step, epochs, regularizer)`):
-    with a regularizer, `steps` plain-SGD steps (LR 1) on the sparse-learning penalty alone (the task loss is zero);
-    without one, nothing. Each call is appended to `calls` as (step, epochs, regularized)."""
-    import torch
-
-    def finetune(model, step, epochs, regularizer=None):
-        if calls is not None:
-            calls.append((step, epochs, regularizer is not None))
-        if regularizer is not None:
-            opt = torch.optim.SGD(model.parameters(), lr=1.0)
-            for _ in range(steps):
-                opt.zero_grad()
-                (0 * model(torch.rand(2, 3, image_size, image_size)).sum()).backward()
-                regularizer(model, 1.0)  # the LR of the step
-                opt.step()
-        return model
-
-    return finetune

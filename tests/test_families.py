@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 
 from stages.lib import families, models, pruning, quantization, recipes, runtime, training
-from tests.conftest import SHARED
+from tests.conftest import ROOT, SHARED
 
 SIZE = 64  # a tiny profile: 4x4 patches of 16 px for the ViTs, 2x2 final maps for the CNNs
 # timm name -> model arguments of the tiny profile: the family's widths, heads and blocks, fewer blocks deep
@@ -26,7 +27,7 @@ HUB = {
 }
 VIT_TINY = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 PRUNE = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6, "iterative_steps": 1,
-         "round_to": 8, "epochs": 0, "channels": "all"}  # fmt: skip
+         "round_to": 8, "epochs": 0}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", HUB)
@@ -178,9 +179,7 @@ def test_bad_family_values_are_named(change, message):
     fams = {name: dict(values) for name, values in FAMILIES.items()}
     family, key, value = change
     fams[family][key] = value
-    prune = {"importance": "auto", "scope": "uniform", "kd_from": "teacher", "ratio": 0.25, "max_ratio": 0.6,
-             "iterative_steps": 1, "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1,
-             "channels": "all"}  # fmt: skip
+    prune = yaml.safe_load((ROOT / "params.yaml").read_text())["prune"]
     with pytest.raises(models.ParamError, match=message):
         families.check(fams)
         pruning.check(prune, fams=fams)

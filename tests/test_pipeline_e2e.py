@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from stages.lib import data, deploy, models, training
+from stages.lib import data, deploy, models, recipes, training
 from tests.conftest import ROOT
 
 TINY = {
@@ -43,8 +43,8 @@ TINY = {
     # ~3 validation defects: no 95 % lower bound can reach a recall floor, and FPR means little
     "select": {"min_recall": None, "max_fpr": None},
 }
-TINY_RECIPES = {"calibration_images": 8}  # applied to every recipe of quantize.recipes that has the option
-UPSTREAM = {"prepare", "finetune_teacher", "train_student", "init_student", "distill", "prune", "sparsify"}
+TINY_RECIPES = {"calibration_images": 8}  # applied to every recipe of quantize.recipes whose kind takes the option
+UPSTREAM = {"prepare", "finetune_teacher", "train_student", "distill", "prune", "sparsify"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -72,8 +72,9 @@ def set_params(repo, overrides):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in overrides.items():
         params[section].update(values)
-    for recipe in params["quantize"]["recipes"].values():
-        recipe.update({k: v for k, v in TINY_RECIPES.items() if k in recipe})
+    for name, recipe in params["quantize"]["recipes"].items():
+        takes = recipes.check(name, recipe)  # with its kind's defaults
+        recipe.update({k: v for k, v in TINY_RECIPES.items() if k in takes})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -113,8 +114,8 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     expected += [f"quantize/{v}" for v in variants] + [f"evaluate/{v}" for v in variants]
     for name in expected:
         assert (repo / "metrics" / f"{name}.json").exists(), name
-    # prepare, the three trainings, init_student and prune; + fingerprint, benchmark, select, report, bundle_vega
-    assert len(ran(out)) == 6 + len(sparse) + 2 * len(variants) + 5
+    # prepare, the three trainings and prune; + fingerprint, benchmark, select, report, bundle_vega
+    assert len(ran(out)) == 5 + len(sparse) + 2 * len(variants) + 5
     for v in variants:
         info = json.loads((repo / "artifacts/variants" / v / "variant.json").read_text())
         assert (repo / "artifacts/variants" / v / info["file"]).is_file() and info["variant"] == v
@@ -405,11 +406,11 @@ def stale_under(repo, params):
         (repo / "params.yaml").write_text(text)
 
 
-def run_prune(repo, work, params, source="student_kd"):
+def run_prune(repo, work, params):
     """The prune stage itself, on the tiny repo's data and models, with `params`, in `work`; returns its metrics."""
     work.mkdir(exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    args = [repo / "data/prepared", repo / f"artifacts/{source}/model.pt", repo / "artifacts/teacher/model.pt",
+    args = [repo / "data/prepared", repo / "artifacts/student_kd/model.pt", repo / "artifacts/teacher/model.pt",
             work / "out", work / "live", work / "m.json"]  # fmt: skip
     sh([sys.executable, "-m", "stages.prune", *map(str, args)], work, env={"PYTHONPATH": str(ROOT)})
     return json.loads((work / "m.json").read_text())
@@ -434,50 +435,6 @@ def test_prune_seed_reruns_only_pruning_and_replicates_or_varies_the_fine_tune(r
     for name in weights:
         torch.testing.assert_close(same[name], committed[name], msg=name)
     assert any(not torch.equal(other[n], committed[n]) for n in weights), "prune.seed=7 trained the same weights"
-
-
-def test_prune_source_student_init_prunes_the_untrained_student(repo, tmp_path):
-    """init_student saves the ImageNet student with its fresh head, untrained; prune.source=student_init
-    puts prune and what follows out of date (nothing upstream of it) and prunes that model."""
-    repo, _ = repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    spec = params["train_student"]
-    init, card = models.load(repo / "artifacts/student_init/model.pt")
-    init = init.state_dict()
-    size = params["base"]["image_size"]
-    imagenet = models.pretrained(spec["model"], spec["weights"], num_classes=2, image_size=size).state_dict()
-    trained = models.load(repo / "artifacts/student/model.pt")[0].state_dict()
-    backbone = [k for k, t in imagenet.items() if "classifier" not in k and t.is_floating_point()]
-    assert backbone and card["arch"] == spec["model"] and "val_auroc" not in card
-    for k in backbone:
-        torch.testing.assert_close(init[k], imagenet[k], msg=k)
-    assert any(not torch.equal(init[k], trained[k]) for k in backbone), "init_student is trained"
-
-    init_params = {**params, "prune": {**params["prune"], "source": "student_init"}}
-    stale = stale_under(repo, init_params)
-    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
-
-    m = run_prune(repo, tmp_path, init_params, source="student_init")
-    assert m["source_model"] == "student_init" and m["macs_after_m"] < m["macs_before_m"]
-    assert models.load(tmp_path / "out/model.pt")[0](torch.rand(2, 3, 64, 64)).shape == (2, 2)
-
-
-def test_prune_sparse_learning_trains_with_the_penalty_before_the_cut(repo, tmp_path):
-    """prune.sparse_epochs puts only prune and what follows out of date; the stage trains with the penalty before
-    the cut (a strong decoupled one here, so the mass the cut removes must fall) and says so in its metrics,
-    which the default run's metrics do not mention."""
-    repo, _ = repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    sparse = {**params, "prune": {**params["prune"], "sparse_epochs": 1, "reg": 100.0, "reg_form": "decoupled"}}
-    stale = stale_under(repo, sparse)
-    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
-
-    m = run_prune(repo, tmp_path, sparse)
-    assert (m["sparse_epochs"], m["reg"], m["reg_form"]) == (1, 100.0, "decoupled") and 0 <= m["sparse_val_auroc"] <= 1
-    assert m["mass_cut_after_sparse"] < 0.9 * m["mass_cut_before_sparse"], m  # the penalty moved mass out of the cut
-    assert m["macs_after_m"] < m["macs_before_m"]
-    committed = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
-    assert not {"sparse_epochs", "reg", "mass_cut_before_sparse"} & committed.keys()
 
 
 def test_prune_greedy_scope_searches_stage_ratios_at_the_uniform_macs(repo, tmp_path):

@@ -8,18 +8,16 @@ import pytest
 import torch
 import yaml
 
-from stages.lib import models, pruning
+from stages.lib import models, pruning, schema
 from stages.lib.params import ParamError
-from stages.lib.pruning import prune_channels
-from tests.conftest import penalty_only_finetune
 
 SIZE = 64
+SCOPES = sorted(schema.SCHEMA["prune"]["scope"])
 
 
 def config(**kw):
     cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.4, "max_ratio": 0.8, "iterative_steps": 1,
-           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "kd_from": "teacher", "taylor_batches": 1,
-           "channels": "all"}  # fmt: skip
+           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1}  # fmt: skip
     return {**cfg, **kw}
 
 
@@ -75,7 +73,7 @@ def test_global_scope_caps_every_layer(lite0):
     assert any(after[n] < before[n] for n in before)
 
 
-@pytest.mark.parametrize("scope", pruning.SCOPES)
+@pytest.mark.parametrize("scope", SCOPES)
 def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0, scope):
     kw = {"scope": scope, "ratio": 0.5, "max_ratio": 0.7, "greedy_step": 0.35}
     one_shot, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(**kw), probe=probe())
@@ -94,72 +92,6 @@ def test_iterative_steps_reach_the_one_shot_ratio_with_a_finetune_between(lite0,
     else:  # global: per-layer widths may differ, the removed share of channels is the same
         assert s3["macs_ratio"] == pytest.approx(s1["macs_ratio"], abs=0.1)
     assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
-
-
-@pytest.mark.parametrize("form", pruning.REG_FORMS)
-@pytest.mark.parametrize("scope", RANKED)
-def test_sparse_learning_penalises_before_pruning_so_the_cut_removes_less(lite0, scope, form):
-    """prune.sparse_epochs: one training phase with Torch-Pruning's group penalty in every backward, before
-    the first step; the penalty (here alone, no task loss) shrinks the groups the criterion ranks lowest,
-    so the same cut removes a smaller share of the weights' mass than on the untouched model. Both forms give
-    the same shrink with plain SGD: gradient adds the penalty to the gradients, decoupled applies it itself."""
-    cfg = config(scope=scope, ratio=0.4, max_ratio=0.6, epochs=2)
-    plain, s0 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, cfg)
-    calls = []
-    finetune = penalty_only_finetune(SIZE, 50, calls)
-
-    model, s1 = pruning.prune_structured(copy.deepcopy(lite0), SIZE, {**cfg, "sparse_epochs": 3, "reg": 1e-2, "reg_form": form},
-                                         finetune=finetune)  # fmt: skip
-    assert calls == [(-1, 3, True), (0, 2, False)]  # sparse phase with the penalty, then the usual fine-tune
-    before, after = s1["mass_cut_before_sparse"], s1["mass_cut_after_sparse"]
-    assert after < 0.5 * before  # the penalty moved the mass out of what the cut removes
-    assert "mass_cut_before_sparse" not in s0  # without sparse learning the stats are as they were
-    if scope == "uniform":
-        assert widths(model) == widths(plain)  # the same architecture as pruning without it
-    assert s1["macs_after_m"] == pytest.approx(s0["macs_after_m"], rel=0.1)
-    assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
-    with pytest.raises(ValueError, match="finetune"):
-        pruning.prune_structured(copy.deepcopy(lite0), SIZE, {**cfg, "sparse_epochs": 1, "reg": 1e-3})
-
-
-def blocks(model):
-    return [blk for stage in model.net.blocks for blk in stage]
-
-
-def residual_width(model):
-    """The widths of the residual stream: every block output that a skip connection adds to."""
-    return [blk.conv_pwl.out_channels for blk in blocks(model) if blk.has_skip]
-
-
-@pytest.mark.parametrize("scope", RANKED)
-def test_inner_channels_keep_the_residual_stream_and_prune_the_expansions(lite0, scope):
-    model, stats = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope=scope, channels="inner"))
-    assert residual_width(model) == residual_width(lite0)  # every channel a skip adds to is still there
-    expansions = [(new.conv_pw.out_channels, old.conv_pw.out_channels) for new, old in
-                  zip(blocks(model), blocks(lite0), strict=True) if hasattr(new, "conv_pwl")]  # fmt: skip
-    assert all(n <= o for n, o in expansions) and sum(n for n, _ in expansions) < 0.8 * sum(o for _, o in expansions)
-    assert stats["macs_ratio"] < 0.8 and model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)
-    all_channels, _ = pruning.prune_structured(copy.deepcopy(lite0), SIZE, config(scope=scope))
-    assert residual_width(all_channels) != residual_width(lite0)  # the control: `all` does prune the stream
-
-
-def test_residual_layers_ignore_se_gates():
-    """EfficientNet-B0's squeeze-excite multiplies the expansion channels: a product, not a residual add."""
-    model = models.build("efficientnet_b0", 2).eval()
-    kept = pruning.residual_layers(model, SIZE)
-    se_convs = {m for m in model.modules() if type(m).__name__ == "SqueezeExcite" for m in m.modules()}
-    assert kept and not se_convs & set(kept)
-    expansions = {blk.conv_pw for stage in model.net.blocks for blk in stage if hasattr(blk, "conv_pwl")}
-    assert not expansions & set(kept)
-
-
-def test_inner_channels_prune_a_convnext_mlp_and_keep_its_residual_width():
-    """ConvNeXt's MLP is two Linears on NHWC tokens: their bias adds are not residual adds."""
-    model = models.build("convnext_tiny", 2, depths=(1, 1, 1, 1)).eval()
-    before = [(b.mlp.fc1.out_features, b.mlp.fc2.out_features) for s in model.net.stages for b in s.blocks]
-    pruned, _ = pruning.prune_structured(model, SIZE, config(channels="inner"))
-    after = [(b.mlp.fc1.out_features, b.mlp.fc2.out_features) for s in pruned.net.stages for b in s.blocks]
-    assert all(a[0] < b[0] and a[1] == b[1] for a, b in zip(after, before, strict=True)), (before, after)
 
 
 def test_epochs_split_over_steps():
@@ -220,12 +152,12 @@ def test_greedy_on_a_cnn_without_stages_is_refused_before_any_work():
 def test_zero_ratio_keeps_everything():
     model = models.build("tf_efficientnet_lite0", 2).eval()
     before = models.param_count(model)
-    model, stats = prune_channels(model, ratio=0.0, image_size=SIZE)
+    model, stats = pruning.prune_structured(model, SIZE, config(ratio=0.0))
     assert models.param_count(model) == before and stats["params_ratio"] == 1.0
 
 
 def test_pruned_model_survives_save_and_load(tmp_path):
-    model, _ = prune_channels(models.build("tf_efficientnet_lite0", 2).eval(), ratio=0.4, image_size=SIZE)
+    model, _ = pruning.prune_structured(models.build("tf_efficientnet_lite0", 2).eval(), SIZE, config(ratio=0.4))
     models.save(tmp_path, model, models.make_card("tf_efficientnet_lite0", "pypi", SIZE, model, ["good", "defect"]))
     loaded, card = models.load(tmp_path / "model.pt")
     x = torch.rand(2, 3, SIZE, SIZE)
@@ -246,32 +178,34 @@ def prune_section(root):
         ("greedy_step", 0.0, r"prune\.greedy_step=0\.0.*\(0, 0\.5\]"),
         ("greedy_step", 0.6, r"prune\.greedy_step=0\.6.*\(0, 0\.5\]"),
         ("greedy_images", 4, r"prune\.greedy_images=4.*integer >= 8"),
-        ("kd_from", "student", r"prune\.kd_from='student'.*\['parent', 'teacher'\]"),
-        ("channels", "residual", r"prune\.channels='residual'.*\['all', 'inner'\]"),
+        ("source", "student_init", r"prune\.source='student_init'.*\['student_kd', 'teacher'\]"),
         ("ratio", 1.0, r"prune\.ratio=1\.0.*\[0, 1\)"),
         ("ratio", "half", r"prune\.ratio='half'.*\[0, 1\)"),
         ("max_ratio", 1.0, r"prune\.max_ratio=1\.0.*\(0, 1\)"),
         ("iterative_steps", 0, r"prune\.iterative_steps=0.*integer >= 1"),
         ("round_to", 0, r"prune\.round_to=0.*integer >= 1"),
-        ("seed", -1, r"prune\.seed=-1.*integer >= 0"),
-        ("sparse_epochs", -1, r"prune\.sparse_epochs=-1.*integer >= 0"),
-        ("reg", 0.0, r"prune\.reg=0\.0.*\(0, 100\]"),
-        ("reg_form", "adam", r"prune\.reg_form='adam'.*\['decoupled', 'gradient'\]"),
+        ("seed", -1, r"prune\.seed=-1.*integer >= 0 or null"),
+        ("lr_scale", 0, r"prune\.lr_scale=0.*\(0, 10\]"),
+        ("taylor_batches", 0, r"prune\.taylor_batches=0.*integer >= 1"),
     ],
 )
 def test_bad_prune_params_name_key_value_and_allowed(prune_section, key, value, message):
+    """Each knob's rule is declared once, in lib/schema.py; pruning.check (which prune_sweep's ratio also goes
+    through) applies it."""
     with pytest.raises(ParamError, match=message):
         pruning.check({**prune_section, key: value})
+
+
+def test_an_unknown_or_missing_prune_key_is_refused(prune_section):
+    with pytest.raises(ParamError, match=r"prune\.channels is not a known key"):  # a knob removed since
+        pruning.check({**prune_section, "channels": "inner"})
+    with pytest.raises(ParamError, match=r"prune\.greedy_step is missing"):
+        pruning.check({k: v for k, v in prune_section.items() if k != "greedy_step"})
 
 
 def test_fewer_epochs_than_steps_is_refused(prune_section):
     with pytest.raises(ParamError, match=r"prune\.epochs=1.*integer >= 3"):
         pruning.check({**prune_section, "iterative_steps": 3, "epochs": 1})
-
-
-def test_parent_kd_for_a_model_pruned_before_training_is_refused(prune_section):
-    with pytest.raises(ParamError, match=r"prune\.kd_from='parent' with prune\.source='student_init'.*'teacher'"):
-        pruning.check({**prune_section, "source": "student_init", "kd_from": "parent"})
 
 
 @pytest.mark.parametrize("scope", ["global", "greedy"])

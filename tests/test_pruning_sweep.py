@@ -57,14 +57,6 @@ def test_sweep_table_pairs_each_ratio_with_the_unpruned_student_in_its_recipe(ev
     assert first == {"int8": 30, "ort_fp32": 30}
 
 
-def test_a_model_pruned_before_training_is_judged_against_the_distilled_student(evidence):
-    """prune.source=student_init: its unpruned source never ran the task, so the pairing is with student_kd."""
-    pruned = {**PRUNED, "student_pruned": {**PRUNED["student_pruned"], "source_model": "student_init"}}
-    table = sweep.sweep_table(evidence, pruned, GUARDS).set_index("variant")
-    assert table.loc["student_pruned_int8", "baseline"] == "student_kd_int8" and len(table) == 8
-    assert table.loc["student_kd_int8", "ratio_pct"] == 0 and table.loc["student_pruned_int8", "ratio_pct"] == 30
-
-
 def test_plot_and_markdown(evidence, tmp_path):
     table = sweep.sweep_table(evidence, PRUNED, GUARDS)
     sweep.plot(table, "auroc", tmp_path / "sweep.png")

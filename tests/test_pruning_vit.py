@@ -5,7 +5,7 @@ import torch
 
 from stages.lib import models, pruning
 from stages.lib.quantization import export_onnx
-from tests.conftest import SHARED, penalty_only_finetune
+from tests.conftest import SHARED
 
 WEIGHTS = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 SIZE = 64  # a tiny profile: timm resamples the position embedding to 4x4 patches
@@ -27,12 +27,23 @@ def vit():
     return models.Classifier(net, list(cfg["mean"]), list(cfg["std"])).eval()
 
 
+def prune_vit(model, head_ratio, mlp_ratio):
+    """One shot, no fine-tune: `head_ratio` of the heads and `mlp_ratio` of the MLP hidden units, in place
+    (the prune stage gives both the one prune.ratio). Returns (model, stats)."""
+    cfg = {"importance": "l2", "scope": "uniform", "ratio": mlp_ratio, "iterative_steps": 1, "round_to": 8}
+    before = pruning.count(model, SIZE)
+    pruner = pruning.build_vit_pruner(model.eval(), SIZE, cfg, head_ratio)
+    pruner.step()
+    pruning.sync_heads(pruner, pruning.attention_layers(model))
+    return model.eval(), pruning.stats(*before, *pruning.count(model, SIZE))
+
+
 def test_head_pruning_drops_whole_heads_keeps_head_dim_and_exports(vit, tmp_path):
     attn = vit.net.blocks[0].attn
     heads, head_dim, embed = attn.num_heads, attn.head_dim, vit.net.embed_dim
     hidden = vit.net.blocks[0].mlp.fc1.out_features
     before = models.param_count(vit)
-    model, stats = pruning.prune_vit(vit, SIZE, head_ratio=0.34, mlp_ratio=0.5)
+    model, stats = prune_vit(vit, head_ratio=0.34, mlp_ratio=0.5)
     for block in model.net.blocks:
         a = block.attn
         assert a.num_heads == heads - 1 and a.head_dim == head_dim  # one whole head of three gone
@@ -51,19 +62,6 @@ def test_head_pruning_drops_whole_heads_keeps_head_dim_and_exports(vit, tmp_path
 
 
 def test_head_ratio_never_removes_every_head(vit):
-    model, _ = pruning.prune_vit(vit, SIZE, head_ratio=0.99, mlp_ratio=0.25)
+    model, _ = prune_vit(vit, head_ratio=0.99, mlp_ratio=0.25)
     assert all(b.attn.num_heads == 1 for b in model.net.blocks)
     assert model(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 2)
-
-
-@pytest.mark.parametrize("form", pruning.REG_FORMS)
-def test_sparse_learning_before_head_pruning(vit, form):
-    """prune.sparse_epochs on a ViT: Torch-Pruning's group penalty over heads and MLP width, then whole heads go."""
-    heads = vit.net.blocks[0].attn.num_heads
-    cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.34, "max_ratio": 0.9, "iterative_steps": 1,
-           "round_to": 8, "epochs": 1, "channels": "all", "sparse_epochs": 1, "reg": 1e-2, "reg_form": form}  # fmt: skip
-
-    model, stats = pruning.prune_structured(vit, SIZE, cfg, finetune=penalty_only_finetune(SIZE, 30))
-    assert stats["mass_cut_after_sparse"] < stats["mass_cut_before_sparse"]
-    assert all(b.attn.num_heads == heads - 1 for b in model.net.blocks)  # whole heads still go
-    assert model(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2)

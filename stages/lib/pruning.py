@@ -2,9 +2,7 @@
 
 Four steps, as in Torch-Pruning's quick start: importance -> pruner -> prune -> fine-tune.
 The fine-tune is a callback (the prune stage passes a KD `training.fit`), so an iterative
-schedule fine-tunes between its steps. Optionally a fifth, first: sparse learning (DepGraph,
-Fang et al. 2023; Torch-Pruning's GroupNormPruner), KD training with a group-norm penalty that
-drives the least important channel groups towards zero, so that pruning removes less.
+schedule fine-tunes between its steps.
 
 The stem and the classifier are never pruned: the stem sees the raw image (3 input channels,
 cheap, and everything downstream depends on it), the classifier's outputs are the classes.
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from stages.lib import params
+from stages.lib import params, schema
 
 log = logging.getLogger(__name__)
 
@@ -42,44 +40,21 @@ IMPORTANCE = {
     "lamp": lambda: tp.importance.LAMPImportance(p=2),  # layer-adaptive magnitude score
     "random": lambda: tp.importance.RandomImportance(),  # control: shows whether the criterion matters
 }
-SCOPES = ("uniform", "global", "greedy")
-# Which channels may go (params `prune.channels`): all = every prunable group; inner = only channels inside the
-# blocks (MBConv expansion, ConvNeXt MLP width): the residual stream, the channels every block reads and adds
-# its output to, is kept whole, as the ViT path always does.
-CHANNELS = ("all", "inner")
-REG_FORMS = ("gradient", "decoupled")  # how sparse learning's penalty is applied (see penalty)
-KD_SOURCES = ("teacher", "parent")  # whose logits the fine-tune distils: the fine-tuned teacher or the unpruned model
 
 
-def check(sec, key="prune", fams=None):
+def check(sec, fams=None):
     """Stop on a bad `prune` section (and the families' importances) before any work, naming the key, the
-    value and what is allowed. importance `auto` is the model family's (params families, lib/families.py)."""
-    params.check_choice(f"{key}.importance", sec["importance"], set(IMPORTANCE) | {"auto"})
+    value and what is allowed. Each knob's own rule is lib/schema.py's (the one place a prune knob is
+    declared); here: the importance names, which only this module knows, and the rules between knobs.
+    importance `auto` is the model family's (params families, lib/families.py)."""
+    schema.check_section("prune", sec)
+    params.check_choice("prune.importance", sec["importance"], set(IMPORTANCE) | {"auto"})
     for name, fam in (fams or {}).items():
         params.check_choice(f"families.{name}.prune_importance", fam["prune_importance"], set(IMPORTANCE))
-    params.check_choice(f"{key}.scope", sec["scope"], set(SCOPES))
-    params.check_choice(f"{key}.kd_from", sec["kd_from"], set(KD_SOURCES))
-    params.check_choice(f"{key}.channels", sec["channels"], set(CHANNELS))
-    params.check_range(f"{key}.ratio", sec["ratio"], 0, 1, hi_inclusive=False)
-    params.check_range(f"{key}.max_ratio", sec["max_ratio"], 0, 1, lo_inclusive=False, hi_inclusive=False)
     if sec["scope"] != "uniform" and sec["max_ratio"] < sec["ratio"]:
-        raise params.ParamError(f"{key}.max_ratio={sec['max_ratio']!r} is below {key}.ratio={sec['ratio']!r}; "
+        raise params.ParamError(f"prune.max_ratio={sec['max_ratio']!r} is below prune.ratio={sec['ratio']!r}; "
                                 f"expected max_ratio >= ratio (the cap on any one layer)")  # fmt: skip
-    if sec.get("source") == "student_init" and sec["kd_from"] == "parent":
-        raise params.ParamError(f"{key}.kd_from='parent' with {key}.source='student_init' would distil an untrained "
-                                f"head; expected {key}.kd_from='teacher' for a model pruned before training")  # fmt: skip
-    params.check_int(f"{key}.iterative_steps", sec["iterative_steps"], 1)
-    params.check_int(f"{key}.round_to", sec["round_to"], 1)
-    params.check_int(f"{key}.epochs", sec["epochs"], sec["iterative_steps"])
-    params.check_range(f"{key}.lr_scale", sec["lr_scale"], 0, 10, lo_inclusive=False)
-    params.check_int(f"{key}.taylor_batches", sec["taylor_batches"], 1)
-    params.check_int(f"{key}.sparse_epochs", sec.get("sparse_epochs", 0), 0)
-    params.check_range(f"{key}.reg", sec.get("reg", 0.0), 0, 100, lo_inclusive=False)
-    params.check_choice(f"{key}.reg_form", sec.get("reg_form", "gradient"), set(REG_FORMS))
-    params.check_range(f"{key}.greedy_step", sec.get("greedy_step", 0.1), 0, 0.5, lo_inclusive=False)
-    params.check_int(f"{key}.greedy_images", sec.get("greedy_images", 256), 8)
-    if sec["seed"] is not None:
-        params.check_int(f"{key}.seed", sec["seed"], 0)
+    params.check_int("prune.epochs", sec["epochs"], sec["iterative_steps"])
     return sec
 
 
@@ -96,20 +71,6 @@ def protected_layers(model):
     stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     feeds_head = getattr(model.net, "conv_head", None)
     return [stem, model.net.get_classifier(), *([feeds_head] if isinstance(feeds_head, nn.Conv2d) else [])]
-
-
-def residual_layers(model, image_size):
-    """Layers whose output channels pass through a residual add (Torch-Pruning traces `x + block(x)` as an
-    element-wise op, AddBackward0, coupling them): one per group is enough to keep the whole group. SE gates
-    multiply, and a Linear's own bias add on token/NHWC inputs is AddmmBackward0, so neither counts."""
-    graph = tp.DependencyGraph().build_dependency(model.eval(), torch.rand(1, 3, image_size, image_size))
-    kept = []
-    for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
-        adds = [d for d, _ in group if isinstance(d.target.module, tp.ops._ElementWiseOp)
-                and str(d.target.module._grad_fn) == "AddBackward0"]  # fmt: skip
-        if adds:
-            kept.append(next(d.target.module for d, _ in group if graph.is_out_channel_pruning_fn(d.handler)))
-    return kept
 
 
 def count(model, image_size):
@@ -129,12 +90,11 @@ def build_pruner(model, image_size, cfg):
     projections are kept whole."""
     glob = cfg["scope"] == "global"
     attns = attention_layers(model)
-    residual = residual_layers(model, image_size) if cfg["channels"] == "inner" else []
-    cls, extra = pruner_class(cfg)
     per_stage = cfg.get("stage_ratios")
+    extra = {}
     if per_stage is not None:
         extra["pruning_ratio_dict"] = {st: r for st, r in zip(stages(model), per_stage, strict=True) if r > 0}
-    return cls(
+    return tp.pruner.MetaPruner(
         model,
         torch.rand(1, 3, image_size, image_size),
         importance=IMPORTANCE[cfg["importance"]](),
@@ -143,62 +103,11 @@ def build_pruner(model, image_size, cfg):
         isomorphic=glob,  # global ranking only among groups of the same structure (Fang et al. 2024)
         max_pruning_ratio=cfg["max_ratio"] if glob else 1.0,
         iterative_steps=cfg["iterative_steps"],
-        ignored_layers=protected_layers(model) + residual + [layer for m in attns for layer in (m.qkv, m.proj)],
+        ignored_layers=protected_layers(model) + [layer for m in attns for layer in (m.qkv, m.proj)],
         num_heads={m.qkv: m.num_heads for m in attns},
         round_to=cfg["round_to"],
         **extra,
     )
-
-
-def pruner_class(cfg):
-    """(class, extra kwargs): GroupNormPruner, whose `regularize` is the sparse-learning penalty, when
-    `sparse_epochs` > 0; else the plain MetaPruner. Both prune by the same importance and ratio."""
-    if cfg.get("sparse_epochs", 0):
-        return tp.pruner.GroupNormPruner, {"reg": cfg["reg"]}
-    return tp.pruner.MetaPruner, {}
-
-
-def penalty(pruner, form):
-    """The sparse-learning step, `fn(model, lr)`, run after every backward (training.fit's `regularizer`).
-
-    gradient: Torch-Pruning's GroupNormPruner.regularize as it is, which adds reg * gamma * w to the gradients
-    (gamma grows from 1 to 16, regularize's alpha, as a channel's importance within its group falls). Made for SGD: under AdamW the added gradient is
-    divided by the running gradient scale like any other, so it is weak and loses its grading.
-    decoupled: the same term applied to the weights directly, w -= lr * reg * gamma * w (as AdamW decouples weight
-    decay from the gradient), so each group shrinks by a factor set by reg, gamma and the LR alone."""
-    if form == "gradient":
-        return lambda model, lr: pruner.regularize(model)
-
-    def decoupled(model, lr):
-        params = list(model.parameters())
-        grads = [p.grad for p in params]
-        for p in params:
-            p.grad = torch.zeros_like(p)
-        pruner.regularize(model)  # the penalty alone, into zeroed gradients
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p -= lr * p.grad
-                p.grad = g
-
-    return decoupled
-
-
-def weight_mass(model):
-    """Sum of squared weights of the dense layers (convs with groups=1, linears; where the MACs are): what
-    pruning removes a share of. Depthwise convs are left out, as Torch-Pruning's penalty leaves them."""
-    dense = [m for m in model.modules() if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
-    return float(sum(m.weight.detach().pow(2).sum() for m in dense))
-
-
-def mass_cut(model, image_size, cfg, build, calib=None):
-    """The share of the dense weights' squared mass that cfg's whole cut (one shot) removes, on a copy."""
-    model = copy.deepcopy(model).eval()
-    pruner = build(model, image_size, {**cfg, "iterative_steps": 1, "sparse_epochs": 0})
-    if cfg["importance"] == "taylor":
-        taylor_gradients(model, calib)
-    before = weight_mass(model)
-    pruner.step()
-    return round(1 - weight_mass(model) / before, 4)
 
 
 def taylor_gradients(model, calib, batch_size=16):
@@ -265,7 +174,7 @@ def allocate(model, image_size, cfg, images, calib=None):
     def trial(stage_ratios):
         """(MACs, KL from the unpruned logits) of the one-shot cut; stage_ratios None = uniform at cfg ratio."""
         pruned = copy.deepcopy(model).eval()
-        one_shot = {**cfg, "iterative_steps": 1, "sparse_epochs": 0, "stage_ratios": stage_ratios}
+        one_shot = {**cfg, "iterative_steps": 1, "stage_ratios": stage_ratios}
         pruner = build_pruner(pruned, image_size, one_shot)
         if cfg["importance"] == "taylor":
             taylor_gradients(pruned, calib)
@@ -275,7 +184,7 @@ def allocate(model, image_size, cfg, images, calib=None):
         return count(pruned, image_size)[0], float(kl)
 
     target, uniform_kl = trial(None)
-    step, n = cfg.get("greedy_step", 0.1), len(stages(model))
+    step, n = cfg["greedy_step"], len(stages(model))
     ratios, _, kl, rounds = greedy_search(n, trial, count(model, image_size)[0], target, step, cfg["max_ratio"])
     found = {"stage_ratios": ratios, "greedy_rounds": len(rounds), "greedy_kl": round(kl, 4),
              "uniform_kl": round(uniform_kl, 4), "greedy_minutes": round((time.perf_counter() - start) / 60, 2)}  # fmt: skip
@@ -334,15 +243,6 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None, probe=No
         ratios, extra = allocate(model, image_size, cfg, probe, calib)
         cfg = {**cfg, "stage_ratios": ratios}
     pruner = build(model.eval(), image_size, cfg)
-    if cfg.get("sparse_epochs", 0):  # sparse learning: train with the group penalty, then prune what it shrank
-        if finetune is None:
-            raise ValueError("sparse_epochs > 0 needs a finetune callback to train with the penalty")
-        extra["mass_cut_before_sparse"] = mass_cut(model, image_size, cfg, build, calib)
-        pruner.update_regularizer()
-        model = finetune(model, -1, cfg["sparse_epochs"], regularizer=penalty(pruner, cfg.get("reg_form", "gradient")))
-        extra["mass_cut_after_sparse"] = mass_cut(model, image_size, cfg, build, calib)
-        log.info("the full cut removes %.1f %% of the dense weights' squared mass before sparse learning, %.1f %% "
-                 "after", 100 * extra["mass_cut_before_sparse"], 100 * extra["mass_cut_after_sparse"])  # fmt: skip
     for step, epochs in enumerate(epochs_per_step(cfg["epochs"], cfg["iterative_steps"])):
         if cfg["importance"] == "taylor":
             taylor_gradients(model, calib)
@@ -354,7 +254,6 @@ def prune_structured(model, image_size, cfg, finetune=None, calib=None, probe=No
                  cfg["scope"], macs_before / 1e6, macs / 1e6)  # fmt: skip
         if finetune is not None and epochs > 0:
             model = finetune(model, step, epochs)
-    # with sparse learning, whether the penalty did its job: the same cut removes less weight mass after it
     return model.eval(), {**stats(macs_before, params_before, *count(model, image_size)), **extra}
 
 
@@ -367,13 +266,6 @@ def stats(macs_before, params_before, macs_after, params_after):
         "macs_ratio": round(macs_after / macs_before, 4),
         "params_ratio": round(params_after / params_before, 4),
     }
-
-
-def prune_channels(model, ratio, image_size, round_to=8, importance="l2"):
-    """One-shot uniform pruning of `ratio` of the channels of every prunable layer (no fine-tune)."""
-    cfg = {"importance": importance, "scope": "uniform", "ratio": ratio, "max_ratio": 0.9, "iterative_steps": 1,
-           "round_to": round_to, "epochs": 0, "channels": "all"}  # fmt: skip
-    return prune_structured(model, image_size, cfg)
 
 
 def build_vit_pruner(model, image_size, cfg, head_ratio=None):
@@ -395,8 +287,7 @@ def build_vit_pruner(model, image_size, cfg, head_ratio=None):
     writers = [net.patch_embed.proj, net.get_classifier()]
     writers += [m.proj for m in attns] + [b.mlp.fc2 for b in net.blocks]
     glob = cfg["scope"] == "global"
-    cls, extra = pruner_class(cfg)
-    return cls(
+    return tp.pruner.MetaPruner(
         model,
         torch.rand(1, 3, image_size, image_size),
         importance=IMPORTANCE[cfg["importance"]](),
@@ -411,7 +302,6 @@ def build_vit_pruner(model, image_size, cfg, head_ratio=None):
         head_pruning_ratio=(removed - 0.5) / heads if removed else 0.0,
         ignored_layers=writers,
         round_to=cfg["round_to"],
-        **extra,
     )
 
 
@@ -420,16 +310,3 @@ def sync_heads(pruner, attns):
     for m in attns:
         m.num_heads = pruner.num_heads[m.qkv]
         m.attn_dim = m.num_heads * m.head_dim
-
-
-def prune_vit(model, image_size, head_ratio, mlp_ratio, importance="l2", round_to=8):
-    """One shot, no fine-tune: `head_ratio` of the heads and `mlp_ratio` of the MLP hidden units of a timm
-    ViT inside a Classifier, in place. Returns (model, stats)."""
-    cfg = {"importance": importance, "scope": "uniform", "ratio": mlp_ratio, "max_ratio": 0.9, "iterative_steps": 1,
-           "round_to": round_to, "epochs": 0}  # fmt: skip
-    macs_before, params_before = count(model, image_size)
-    attns = attention_layers(model)
-    pruner = build_vit_pruner(model.eval(), image_size, cfg, head_ratio)
-    pruner.step()
-    sync_heads(pruner, attns)
-    return model.eval(), stats(macs_before, params_before, *count(model, image_size))

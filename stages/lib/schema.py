@@ -5,17 +5,43 @@ the stage reads: its `params:` in dvc.yaml). A key that is not in the table (`tr
 `train.epochs` would otherwise be ignored without a word), a key or section that is missing, or a
 value of the wrong type stops the stage with one line that names the key and what is allowed.
 
-The table says only what a value *is*; ranges and rules between keys stay with the code that uses
-them (the stage's `check`, lib/recipes.py for quantize.recipes, lib/sparsity.py for sparsify.models).
+The table says what a value *is*; rules between keys stay with the code that uses them (the stage's
+`check`, lib/recipes.py for quantize.recipes, lib/sparsity.py for sparsify.models). The `prune` knobs
+carry their ranges here too, so that a new one is declared in one place (and listed in dvc.yaml).
 
 How to read a rule: `int`, `float` (any number), `bool`, `str`, `dict` (a mapping), `list[int]`
-(a list of integers), `X | None` (null allowed), or a set of allowed values.
+(a list of integers), `X | None` (null allowed), a set of allowed values, or a `Range`.
 """
 
 import difflib
 import types
 
 from stages.lib.errors import ParamError
+
+
+class Range:
+    """A number in an interval, `Range(0, 1, hi_open=True)` = [0, 1); `integer=True`: an integer >= lo
+    (no upper end); `null=True`: null allowed too. true/false is never a number."""
+
+    def __init__(self, lo, hi=None, *, integer=False, lo_open=False, hi_open=False, null=False):
+        self.lo, self.hi, self.integer, self.lo_open, self.hi_open, self.null = lo, hi, integer, lo_open, hi_open, null
+
+    def holds(self, value):
+        if value is None or isinstance(value, bool):
+            return value is None and self.null
+        if not isinstance(value, int if self.integer else (int, float)):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below
+
+    def __str__(self):
+        if self.integer:
+            text = f"an integer >= {self.lo}"
+        else:
+            text = f"a number in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        return f"{text} or null" if self.null else text
+
 
 SCHEMA = {
     "base": {
@@ -42,25 +68,22 @@ SCHEMA = {
     "finetune_teacher": {"model": str, "weights": str},
     "train_student": {"model": str, "weights": str},
     "distill": {"temperature": float, "alpha": float},
+    # Every prune knob, with what it may be: a new one is added here and to dvc.yaml's prune and prune_sweep
+    # params (tests/test_dvc_deps.py checks that); lib/pruning.check adds the rules between knobs.
     "prune": {
-        "ratio": float,
+        "ratio": Range(0, 1, hi_open=True),  # prune_sweep's items are checked against the same rule
         "importance": str,  # the criteria (or auto) are checked by lib/pruning.py (IMPORTANCE)
         "scope": {"uniform", "global", "greedy"},
-        "max_ratio": float,
-        "iterative_steps": int,
-        "epochs": int,
-        "lr_scale": float,
-        "kd_from": {"teacher", "parent"},
-        "channels": {"all", "inner"},
-        "source": {"student_kd", "student", "teacher", "student_init"},
-        "round_to": int,
-        "taylor_batches": int,
-        "sparse_epochs": int,
-        "reg": float,
-        "reg_form": {"gradient", "decoupled"},
-        "greedy_step": float,
-        "greedy_images": int,
-        "seed": int | None,
+        "max_ratio": Range(0, 1, lo_open=True, hi_open=True),
+        "iterative_steps": Range(1, integer=True),
+        "epochs": Range(1, integer=True),  # and >= iterative_steps (lib/pruning.check)
+        "lr_scale": Range(0, 10, lo_open=True),
+        "source": {"student_kd", "teacher"},
+        "round_to": Range(1, integer=True),
+        "taylor_batches": Range(1, integer=True),
+        "greedy_step": Range(0, 0.5, lo_open=True),
+        "greedy_images": Range(8, integer=True),
+        "seed": Range(0, integer=True, null=True),
         "sweep": list[int],
     },
     "sparsify": {"models": dict, "epochs": int, "lr_scale": float},  # each model: lib/sparsity.py
@@ -106,14 +129,20 @@ def check(params, sections):
         if section not in params:
             raise ParamError(f"params.yaml has no section {section!r}{suggest(section, params)}; "
                              f"this stage reads {list(sections)}")  # fmt: skip
-        values, rules = params[section], SCHEMA[section]
-        if not isinstance(values, dict):
-            raise ParamError(f"{section}={values!r} is not allowed; expected a mapping with keys {sorted(rules)}")
-        check_keys(section, values, rules)
-        for key, rule in rules.items():
-            if not fits(values[key], rule):
-                raise ParamError(f"{section}.{key}={values[key]!r} is not allowed; expected {describe(rule)}")
+        check_section(section, params[section])
     return params
+
+
+def check_section(section, values):
+    """One section's keys and values against SCHEMA[section]; the first problem raises ParamError."""
+    rules = SCHEMA[section]
+    if not isinstance(values, dict):
+        raise ParamError(f"{section}={values!r} is not allowed; expected a mapping with keys {sorted(rules)}")
+    check_keys(section, values, rules)
+    for key, rule in rules.items():
+        if not fits(values[key], rule):
+            raise ParamError(f"{section}.{key}={values[key]!r} is not allowed; expected {describe(rule)}")
+    return values
 
 
 def check_keys(where, values, allowed, required=None):
@@ -137,6 +166,8 @@ def fits(value, rule):
     """Does `value` follow `rule`? true/false is never a number, and a number is never true/false."""
     if isinstance(rule, set):
         return type(value) in {type(a) for a in rule} and value in rule
+    if isinstance(rule, Range):
+        return rule.holds(value)
     if rule is type(None):  # the None in `X | None`
         return value is None
     if isinstance(rule, types.UnionType):  # X | None
@@ -154,6 +185,8 @@ def describe(rule):
     """`rule` in words, for messages."""
     if isinstance(rule, set):
         return f"one of {sorted(rule, key=str)}"
+    if isinstance(rule, Range):
+        return str(rule)
     if rule is type(None):  # the None in `X | None`
         return "null"
     if isinstance(rule, types.UnionType):

@@ -30,10 +30,8 @@ def split_variant(variant, models):
 
 
 def compared_with(run):
-    """The unpruned model a pruned one is judged against: the model it was pruned from, or for a model pruned
-    before any training (prune.source=student_init) the distilled student, trained in full with the same KD."""
-    source = run.get("source_model", "student_kd")
-    return "student_kd" if source == "student_init" else source
+    """The unpruned model a pruned one is judged against: the model it was pruned from (prune.source)."""
+    return run.get("source_model", "student_kd")
 
 
 def structured(pruned):

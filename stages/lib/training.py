@@ -71,12 +71,8 @@ def predict(model, x_uint8, batch_size=64, channels_last=False, device="cpu"):
     return torch.cat(probs).numpy()
 
 
-def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None, regularizer=None):
+def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
     """Train `model` in place and return it holding the weights of its best validation epoch.
-
-    `regularizer(model, lr)` runs after every backward, before the optimizer step, with the step's LR
-    (the sparse-learning penalty, lib/pruning.penalty); with it the last epoch is kept, not the best,
-    since the sparsity it has built up is the point.
 
     Under torchrun every process runs this with the same arguments (stages/lib/distributed.py).
     """
@@ -134,8 +130,6 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None, 
                     loss = kd_loss(logits, teacher_logits, yb, kd["temperature"], kd["alpha"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if regularizer is not None:
-                    regularizer(model, sched.get_last_lr()[0])
                 opt.step()
                 sched.step()
                 losses.append(loss.item())
@@ -155,7 +149,7 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None, 
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f", epoch + 1, recipe["epochs"],
                      train_loss, val_loss, val_auroc)  # fmt: skip
             # Best epoch: highest val AUROC; ties (AUROC saturates at 1.0 on easy data) go to lower val loss.
-            key = (epoch, 0.0) if regularizer is not None else (val_auroc, -val_loss)  # regularized: the last
+            key = (val_auroc, -val_loss)
             if key > best["key"]:
                 best = {"key": key, "auroc": val_auroc, "epoch": epoch + 1,
                         "state": copy.deepcopy(model.state_dict())}  # fmt: skip
