@@ -48,7 +48,7 @@ def test_unfused_model_computes_what_the_fused_checkpoint_does_and_fuses_back_to
         torch.testing.assert_close(multi.eval()(other), ref, rtol=1e-4, atol=1e-4)  # eval: any input
         train_mode = copy.deepcopy(multi).train()  # (a training-mode call updates the running statistics)
         torch.testing.assert_close(train_mode(calib), fused(calib), rtol=1e-4, atol=1e-4)  # train: batch stats
-    refused = reparam.fused_copy(multi).net.state_dict()
+    refused = reparam.fuse(copy.deepcopy(multi)).net.state_dict()
     for key, value in fused.net.state_dict().items():
         atol = 1e-5
         if key.endswith("reparam_conv.bias"):  # (mean + b) - mean: float32 rounding at the scale of the activation mean
@@ -69,7 +69,7 @@ def test_training_moves_the_silent_branches_and_the_fused_form_matches_the_train
         torch.nn.functional.cross_entropy(multi.train()(x), y).backward()
         opt.step()
     assert torch.count_nonzero(scale_bn.weight) > 0  # the 1x1 branch has started to learn
-    deployed = reparam.fused_copy(multi)
+    deployed = reparam.fuse(copy.deepcopy(multi))  # the deployed form of the trained model
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), multi.eval()(x), rtol=1e-4, atol=1e-4)
         assert not torch.allclose(deployed(x), fused(x), atol=1e-3)  # the fused weights did change
@@ -96,7 +96,7 @@ def test_fused_model_saves_loads_exports_quantizes_and_prunes(tmp_path):
         assert np.corrcoef(out.ravel(), loaded(x).numpy().ravel())[0, 1] > 0.9
 
     cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6, "iterative_steps": 1,
-           "round_to": 8, "epochs": 0, "channels": "all"}  # fmt: skip
+           "round_to": 8, "epochs": 0}  # fmt: skip
     before = models.param_count(loaded)
     pruned, stats = pruning.prune_structured(copy.deepcopy(loaded), SIZE, cfg)
     assert stats["macs_after_m"] < stats["macs_before_m"]

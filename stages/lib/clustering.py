@@ -110,11 +110,6 @@ def cluster_model(model, n_clusters, sample_size=16384, refine_iters=10, min_wei
     return clustered, codebooks
 
 
-def distinct_values(model):
-    """{weight name: number of distinct values} for every conv / linear weight."""
-    return {_weight_key(name): int(torch.unique(m.weight.detach()).numel()) for name, m in clusterable(model)}
-
-
 def palettised_size_mb(model, n_clusters, min_weights=0):
     """Storage of `model` with every conv / linear weight palettised, in MB (10^6 bytes).
 

@@ -115,12 +115,6 @@ def load_program(path):
         raise errors.damaged(path, errors.reason(e)) from e
 
 
-def load_module(path):
-    """The quantized model as an eager (uncompiled) module: the reference the compiled one must match."""
-    quantizer()  # the quantized_decomposed ops and the lowering passes must be registered before use
-    return load_program(path).module()
-
-
 def weight_count(program):
     """Weights held (int8 and float), without quantization scales and zero points."""
     tensors = {**program.state_dict, **program.constants}

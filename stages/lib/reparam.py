@@ -11,8 +11,6 @@ batch of training images so that the multi-branch model computes exactly what th
 that batch; the other branches start silent (BN scale and shift 0) and grow during the fine-tune.
 """
 
-import copy
-
 import torch
 from timm.utils.model import reparameterize_model
 
@@ -90,8 +88,3 @@ def _pass_through(bias):
         return z + bias.view(1, -1, 1, 1)  # what the fused conv gives: downstream blocks see the same input
 
     return hook
-
-
-def fused_copy(model):
-    """A fused deep copy, e.g. to check what the deployed form of a multi-branch model computes."""
-    return fuse(copy.deepcopy(model))
