@@ -10,7 +10,7 @@ import pytest
 import yaml
 from onnx import numpy_helper
 
-from stages.lib import models, quantization, recipes, runtime, sensitivity
+from stages.lib import clustering, models, pt2e, qat, quantization, recipes, runtime, sensitivity
 from stages.lib.params import ParamError
 from tests.test_quantization import crops
 
@@ -190,8 +190,20 @@ def test_unknown_recipe_kind_option_or_value_stops_with_key_value_and_allowed():
         recipes.check("x", {"kind": "ort_static", **STATIC, "bits": 4})
     with pytest.raises(ParamError, match=r"quantize.recipes.x.fp32_layers=-1.*integer >= 0"):
         recipes.check("x", {"kind": "ort_static", **STATIC, "fp32_layers": -1})
-    with pytest.raises(ParamError, match=r"quantize.recipes.x.per_channel is missing"):
-        recipes.check("x", {"kind": "ort_dynamic", "weight_type": "int8", "reduce_range": True, "op_types": "all"})
+
+
+def test_a_recipe_states_what_differs_and_takes_its_kinds_defaults_for_the_rest(root):
+    dynamic = recipes.check("x", {"kind": "ort_dynamic", "weight_type": "uint8"})
+    assert list(dynamic) == ["kind", *recipes.KINDS["ort_dynamic"]]  # whole: every option, in the table's order
+    assert dynamic["weight_type"] == "uint8" and dynamic["per_channel"] is True and dynamic["op_types"] == "auto"
+    assert recipes.check("x", {"kind": "ort_static"}) == {"kind": "ort_static", **STATIC, "calibration_images": 128}
+    # ...and the menu in params.yaml restates no default
+    defaults = {kind: {o: d for o, (d, _) in options.items()} for kind, options in recipes.KINDS.items()}
+    defaults |= {"cluster": clustering.DEFAULTS, "pt2e": pt2e.DEFAULTS, "qat": qat.DEFAULTS}
+    menu = yaml.safe_load((root / "params.yaml").read_text())["quantize"]["recipes"]
+    for name, recipe in menu.items():
+        restated = [o for o, v in recipe.items() if o in defaults[recipe["kind"]] and defaults[recipe["kind"]][o] == v]
+        assert not restated, f"quantize.recipes.{name} restates its kind's defaults {restated}"
 
 
 def test_auto_settings_follow_the_cpu_and_the_model_family(tmp_path):

@@ -1,11 +1,16 @@
-"""Quantization recipes as data: what each kind accepts, checked before any work, and `auto` resolved for the CPU.
+"""Quantization recipes as data: what each kind accepts and its defaults, checked before any work, and `auto`
+resolved for the CPU.
 
-A recipe is one entry of `quantize.recipes` in params.yaml, e.g.
-    int8_static_pc: {kind: ort_static, per_channel: true, calibrate_method: minmax, ...}
-Every kind lists the options it takes and their allowed values; a recipe must give exactly those
-(no silent defaults), so an unknown name, option or value stops the stage with the key, the value
-and what is allowed. `resolve` turns `auto` into concrete choices for the CPU the stage runs on and
-for the model family (transformers get ViT-safe op types).
+A recipe is one entry of `quantize.recipes` in params.yaml and states only what differs from its kind's
+defaults, e.g.
+    int8_static_pc: {kind: ort_static}                     # every option at the kind's default
+    int8_static_pt: {kind: ort_static, per_channel: false}
+Every kind lists the options it takes with their default and allowed values (KINDS below; the cluster,
+pt2e and qat kinds keep theirs in lib/clustering.py, lib/pt2e.py and lib/qat.py, DEFAULTS). An unknown
+name, option or value stops the stage with the key, the value and what is allowed. `check` returns the
+recipe whole (every option, defaults filled in), which is what the variant records. `resolve` turns
+`auto` into concrete choices for the CPU the stage runs on and for the model family (transformers get
+ViT-safe op types).
 """
 
 from pathlib import Path
@@ -14,26 +19,29 @@ from stages.lib.families import is_transformer
 from stages.lib.params import ParamError, check_choice, check_int
 
 BOOL = {True, False}
-# Options per kind: name -> allowed values (a set), or ("int", minimum).
+WEIGHT_TYPES = {"int8", "uint8"}
+REDUCE_RANGE = {"auto", True, False}  # auto = 7-bit weights only without VNNI (AVX2/AVX-512 u8s8 sums saturate)
+OP_TYPES = {"auto", "all", "vit_safe"}  # auto = vit_safe for transformers (Softmax/LayerNorm/GELU/Add stay float)
+# Options per kind: name -> (default, allowed values: a set, or ("int", minimum)).
 KINDS = {
     "torch": {},  # the model.pt as trained, run in PyTorch eager
     "onnx_fp32": {},  # the same weights exported to ONNX, run in ONNX Runtime FP32
     "onnx_fp16": {},  # FP16 weights and compute, float32 inputs and outputs
-    "ort_static": {
-        "per_channel": BOOL,
-        "calibrate_method": {"minmax", "entropy", "percentile"},
-        "calibration_images": ("int", 1),
-        "activation_type": {"auto", "uint8", "int8"},
-        "weight_type": {"int8", "uint8"},
-        "reduce_range": {"auto", True, False},
-        "fp32_layers": ("int", 0),
-        "op_types": {"auto", "all", "vit_safe"},
+    "ort_static": {  # static QDQ: activation ranges from calibration images
+        "per_channel": (True, BOOL),  # one weight scale per output channel: depthwise convs need it
+        "calibrate_method": ("minmax", {"minmax", "entropy", "percentile"}),
+        "calibration_images": (128, ("int", 1)),  # training images; more changes little beyond ~100
+        "activation_type": ("auto", {"auto", "uint8", "int8"}),  # auto = uint8 (U8S8, the x86 kernels' format)
+        "weight_type": ("int8", WEIGHT_TYPES),
+        "reduce_range": ("auto", REDUCE_RANGE),
+        "fp32_layers": (0, ("int", 0)),  # the k layers whose INT8 alone costs the logits most stay float
+        "op_types": ("auto", OP_TYPES),
     },
-    "ort_dynamic": {
-        "per_channel": BOOL,
-        "weight_type": {"int8", "uint8"},
-        "reduce_range": {"auto", True, False},
-        "op_types": {"auto", "all", "vit_safe"},
+    "ort_dynamic": {  # weights INT8, activation ranges computed per call
+        "per_channel": (True, BOOL),
+        "weight_type": ("int8", WEIGHT_TYPES),
+        "reduce_range": ("auto", REDUCE_RANGE),
+        "op_types": ("auto", OP_TYPES),
     },
 }
 # Kinds whose module checks its own options (and fills its defaults): lib/clustering.py, lib/pt2e.py, lib/qat.py.
@@ -50,7 +58,8 @@ CPU_FLAGS_FILE = "/proc/cpuinfo"
 
 
 def check(name, recipe, recipes_key="quantize.recipes"):
-    """The recipe `name` from params, checked: unknown kind, option or value -> ParamError naming them."""
+    """The recipe `name` from params, checked and whole (the kind's defaults for what it does not state):
+    unknown kind, option or value -> ParamError naming them."""
     key = f"{recipes_key}.{name}"
     if not isinstance(recipe, dict) or "kind" not in recipe:
         raise ParamError(f"{key}={recipe!r} is not allowed; expected a mapping with 'kind', one of {sorted(KINDS)}")
@@ -73,15 +82,13 @@ def check(name, recipe, recipes_key="quantize.recipes"):
     if unknown:
         raise ParamError(f"{key}.{unknown[0]}={options[unknown[0]]!r}: kind {kind!r} has no option {unknown[0]!r}; "
                          f"expected options {sorted(allowed)}")  # fmt: skip
-    missing = sorted(set(allowed) - set(options))
-    if missing:
-        raise ParamError(f"{key}.{missing[0]} is missing; kind {kind!r} needs every option of {sorted(allowed)}")
-    for opt, rule in allowed.items():
+    whole = {"kind": kind, **{opt: options.get(opt, default) for opt, (default, _) in allowed.items()}}
+    for opt, (_, rule) in allowed.items():
         if isinstance(rule, tuple):
-            check_int(f"{key}.{opt}", options[opt], rule[1])
+            check_int(f"{key}.{opt}", whole[opt], rule[1])
         else:
-            check_choice(f"{key}.{opt}", options[opt], rule)
-    return recipe
+            check_choice(f"{key}.{opt}", whole[opt], rule)
+    return whole
 
 
 def find(recipes, name):
