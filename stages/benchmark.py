@@ -7,7 +7,7 @@ The variants are every <model>_<recipe> (DVC unpacks params `compare` into the t
 the folder artifacts/variants/<variant> with its model file and variant.json (runtime, file).
 
 `benchmark.warmup_rounds` unrecorded rounds, then `benchmark.rounds` rounds; in each, every
-variant runs once in its own fresh process (`stages.lib.timing`), in a seeded shuffled order,
+variant runs once in its own fresh process (`stages.lib.runtime.timing`), in a seeded shuffled order,
 after warm-up calls: batch-1 latency p50/p90/p99 and batch-N throughput at 1 thread and at
 `base.threads`. Per variant this writes the median
 over rounds, the coefficient of variation and a 95 % interval; the per-round rows go to a CSV
@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.lib import errors, metrics, params, runtime, timing
+from stages.lib import errors, metrics, params, runtime
 from stages.lib.outputs import read_json, write_json
+from stages.lib.runtime import timing
 
 log = logging.getLogger("benchmark")
 
@@ -70,9 +71,25 @@ def parse_variants(extra, variants_dir):
 
 def worker(spec, threads, image_size, b, channels_last):
     """Measure one variant in a fresh Python process; returns its JSON result."""
-    cmd = [sys.executable, "-m", timing.__name__, spec["runtime"], spec["model"],
-           "--threads", *map(str, threads), "--image-size", str(image_size), "--batch-size", str(b["batch_size"]),
-           "--seconds", str(b["seconds"]), "--min-calls", str(b["min_calls"]), "--warmup", str(b["warmup"])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        timing.__name__,
+        spec["runtime"],
+        spec["model"],
+        "--threads",
+        *map(str, threads),
+        "--image-size",
+        str(image_size),
+        "--batch-size",
+        str(b["batch_size"]),
+        "--seconds",
+        str(b["seconds"]),
+        "--min-calls",
+        str(b["min_calls"]),
+        "--warmup",
+        str(b["warmup"]),
+    ]
     if channels_last:
         cmd.append("--channels-last")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -103,12 +120,26 @@ def run_rounds(variants, threads, image_size, b, seed, channels_last):
                 continue
             last[name] = res
             for n in threads:
-                rows.append({"round": r, "position": position, "variant": name, "threads": n,
-                             **{k.removeprefix(f"t{n}_"): res[k] for k in res if k.startswith(f"t{n}_")},
-                             "peak_rss_mb": res["peak_rss_mb"]})  # fmt: skip
+                rows.append(
+                    {
+                        "round": r,
+                        "position": position,
+                        "variant": name,
+                        "threads": n,
+                        **{k.removeprefix(f"t{n}_"): res[k] for k in res if k.startswith(f"t{n}_")},
+                        "peak_rss_mb": res["peak_rss_mb"],
+                    }
+                )
             if any(k.startswith("gpu_") for k in res):
-                rows.append({"round": r, "position": position, "variant": name, "threads": "gpu",
-                             **{k.removeprefix("gpu_"): res[k] for k in res if k.startswith("gpu_")}})  # fmt: skip
+                rows.append(
+                    {
+                        "round": r,
+                        "position": position,
+                        "variant": name,
+                        "threads": "gpu",
+                        **{k.removeprefix("gpu_"): res[k] for k in res if k.startswith("gpu_")},
+                    }
+                )
         log.info("round %d/%d done%s", r, b["rounds"], " (warm-up, not recorded)" if r < 1 else "")
     bar.close()
     return pd.DataFrame(rows), last
@@ -138,11 +169,15 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
             }
         gpu = mine[mine["threads"] == "gpu"]
         if len(gpu):
-            entry |= {"gpu_latency_ms_p50": round(float(gpu["latency_ms_p50"].median()), 4),
-                      "gpu_throughput_img_s": round(float(gpu["throughput_img_s"].median()), 1)}  # fmt: skip
+            entry |= {
+                "gpu_latency_ms_p50": round(float(gpu["latency_ms_p50"].median()), 4),
+                "gpu_throughput_img_s": round(float(gpu["throughput_img_s"].median()), 1),
+            }
             if "fp16_latency_ms_p50" in gpu and gpu["fp16_latency_ms_p50"].notna().any():
-                entry |= {"gpu_fp16_latency_ms_p50": round(float(gpu["fp16_latency_ms_p50"].median()), 4),
-                          "gpu_fp16_throughput_img_s": round(float(gpu["fp16_throughput_img_s"].median()), 1)}  # fmt: skip
+                entry |= {
+                    "gpu_fp16_latency_ms_p50": round(float(gpu["fp16_latency_ms_p50"].median()), 4),
+                    "gpu_fp16_throughput_img_s": round(float(gpu["fp16_throughput_img_s"].median()), 1),
+                }
         core_hours = 1e6 / entry["throughput_img_s"] / 3600 * main_threads
         entry |= {
             "size_mb": round(Path(spec["model"]).stat().st_size / 2**20, 3),
@@ -174,19 +209,39 @@ def main():
     base = p["base"]
     threads = sorted({1, base["threads"]})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    log.info("%d variants x %d rounds on %s (%s), threads %s", len(variants), b["rounds"], fingerprint["cpu"],
-             fingerprint["id"], threads)  # fmt: skip
+    log.info(
+        "%d variants x %d rounds on %s (%s), threads %s",
+        len(variants),
+        b["rounds"],
+        fingerprint["cpu"],
+        fingerprint["id"],
+        threads,
+    )
 
     rows, last = run_rounds(variants, threads, base["image_size"], b, base["seed"], base["channels_last"])
     Path(args.rounds_csv).parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.rounds_csv, index=False)
     result = summary(rows, last, variants, threads, b, fingerprint["id"])
-    write_json(args.metrics, {"variants": result, "fingerprint": fingerprint, "rounds": b["rounds"],
-                              "threads": threads, "image_size": base["image_size"],
-                              "batch_size": b["batch_size"]})  # fmt: skip
+    write_json(
+        args.metrics,
+        {
+            "variants": result,
+            "fingerprint": fingerprint,
+            "rounds": b["rounds"],
+            "threads": threads,
+            "image_size": base["image_size"],
+            "batch_size": b["batch_size"],
+        },
+    )
     for name, e in result.items():
-        log.info("%-26s p50 %8.3f ms (CoV %4.1f %%)  %8.1f img/s  %7.2f MB", name, e["latency_ms_p50"],
-                 e["latency_ms_p50_cov_pct"], e["throughput_img_s"], e["size_mb"])  # fmt: skip
+        log.info(
+            "%-26s p50 %8.3f ms (CoV %4.1f %%)  %8.1f img/s  %7.2f MB",
+            name,
+            e["latency_ms_p50"],
+            e["latency_ms_p50_cov_pct"],
+            e["throughput_img_s"],
+            e["size_mb"],
+        )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,14 @@ PAGE = """<!DOCTYPE html>
 
 def page():
     bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE).replace("</script", "<\\/script")
-    return PAGE.format(bundle=bundle, check=CHECK, vega=vl_convert.get_vega_version(), vega_lite=VEGA_LITE,
-                       embed=vl_convert.get_vega_embed_version(), vlc=vl_convert.__version__)  # fmt: skip
+    return PAGE.format(
+        bundle=bundle,
+        check=CHECK,
+        vega=vl_convert.get_vega_version(),
+        vega_lite=VEGA_LITE,
+        embed=vl_convert.get_vega_embed_version(),
+        vlc=vl_convert.__version__,
+    )
 
 
 def main():

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.lib import data, errors, metrics, params, runtime, thresholds
+from stages.lib import data, errors, metrics, params, runtime
+from stages.lib.metrics import thresholds
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("evaluate")
@@ -48,18 +49,26 @@ def binary(probs, labels, ev, seed):
     scores = {s: probs[s][:, 1] for s in probs}
     threshold, fallback = thresholds.choose(scores["val"], labels["val"], ev["target_recall"], ev["threshold_rule"])
     if fallback:
-        log.warning("threshold_rule=lower_bound: %d validation defects are too few for a 95 %% bound >= %s; "
-                    "threshold falls back to the lowest validation defect score", labels["val"].sum(),
-                    ev["target_recall"])  # fmt: skip
+        log.warning(
+            "threshold_rule=lower_bound: %d validation defects are too few for a 95 %% bound >= %s; "
+            "threshold falls back to the lowest validation defect score",
+            labels["val"].sum(),
+            ev["target_recall"],
+        )
     val = metrics.binary_metrics(scores["val"], labels["val"], threshold)
     y, s = labels["test"], scores["test"]
     pred = (s >= threshold).astype(int)
-    result = {**metrics.binary_metrics(s, y, threshold), "target_recall": ev["target_recall"],
-              "val_recall": val["recall"], "ap": metrics.average_precision(s, y),
-              "threshold_rule": ev["threshold_rule"], "threshold_fallback": fallback,
-              "threshold_exact": float(threshold),  # unrounded: the deployed bundle decides with this one
-              "val": {**thresholds.operating_point(scores["val"], labels["val"], threshold), "auroc": val["auroc"]},
-              "by_rule": by_rule(scores, labels, ev["target_recall"])}  # fmt: skip
+    result = {
+        **metrics.binary_metrics(s, y, threshold),
+        "target_recall": ev["target_recall"],
+        "val_recall": val["recall"],
+        "ap": metrics.average_precision(s, y),
+        "threshold_rule": ev["threshold_rule"],
+        "threshold_fallback": fallback,
+        "threshold_exact": float(threshold),  # unrounded: the deployed bundle decides with this one
+        "val": {**thresholds.operating_point(scores["val"], labels["val"], threshold), "auroc": val["auroc"]},
+        "by_rule": by_rule(scores, labels, ev["target_recall"]),
+    }
     result[metrics.pct_name("fpr_at_recall", ev["target_recall"])] = metrics.fpr_at_recall(s, y, ev["target_recall"])
     for pct in ev["fixed_fpr_pct"]:
         result[metrics.pct_name("recall_at_fpr", pct / 100)] = metrics.recall_at_fpr(s, y, pct / 100)
@@ -74,9 +83,16 @@ def by_rule(scores, labels, target_recall):
     for rule in thresholds.RULES:
         t, fallback = thresholds.choose(scores["val"], labels["val"], target_recall, rule)
         val, test = (thresholds.operating_point(scores[s], labels[s], t) for s in ("val", "test"))
-        out[rule] = {"threshold": round(t, 6), "fallback": fallback, "val_recall": val["recall"],
-                     "val_recall_lower_bound": val["recall_lower_bound"], "val_fpr": val["fpr"],
-                     "recall": test["recall"], "recall_ci95": test["recall_ci95"], "fpr": test["fpr"]}  # fmt: skip
+        out[rule] = {
+            "threshold": round(t, 6),
+            "fallback": fallback,
+            "val_recall": val["recall"],
+            "val_recall_lower_bound": val["recall_lower_bound"],
+            "val_fpr": val["fpr"],
+            "recall": test["recall"],
+            "recall_ci95": test["recall_ci95"],
+            "fpr": test["fpr"],
+        }
     return out
 
 

@@ -21,8 +21,23 @@ from stages.lib import errors
 from stages.lib.outputs import write_json
 
 # CPU flags that change which kernels ONNX Runtime and oneDNN can use (x86 names from /proc/cpuinfo).
-FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-         "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve")  # fmt: skip
+FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+)
 LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "timm", "numpy", "onnx")
 
 
@@ -52,8 +67,13 @@ def memory_gib():
 def gpus():
     """GPU names the driver reports (empty without an NVIDIA driver)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -92,8 +112,10 @@ def main():
     args = parser.parse_args()
     fp = fingerprint()
     write_json(args.out, fp)
-    print(f"machine {fp['id']}: {fp['cpu']} ({fp['cpu_id']}), {fp['usable_cpus']} CPUs, {fp['memory_gib']} GiB, "
-          f"flags {' '.join(fp['cpu_flags'])}; {fp['libraries']}")  # fmt: skip
+    print(
+        f"machine {fp['id']}: {fp['cpu']} ({fp['cpu_id']}), {fp['usable_cpus']} CPUs, {fp['memory_gib']} GiB, "
+        f"flags {' '.join(fp['cpu_flags'])}; {fp['libraries']}"
+    )
 
 
 if __name__ == "__main__":

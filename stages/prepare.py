@@ -9,7 +9,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from stages.lib import data, datasets, errors, images, params
+from stages.lib import data, errors, params
+from stages.lib.data import datasets, images, splitting
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prepare")
@@ -54,11 +55,11 @@ def hash_and_split(loaded, prep, seed):
     """Pixel hashes, the optional subsample and the split: (images, table with sha256 and split columns)."""
     table = loaded.table.assign(sha256=[images.image_sha256(img) for img in loaded.images])
     strata = table[["class_name", *loaded.attributes]].astype(str).agg("/".join, axis=1).to_numpy()
-    keep = datasets.subsample(strata, prep["max_images"], seed)
+    keep = splitting.subsample(strata, prep["max_images"], seed)
     pixels, table = [loaded.images[i] for i in keep], table.iloc[keep].reset_index(drop=True)
     hashes = table["sha256"].to_numpy()
-    table["split"] = datasets.stratified_split(strata[keep], prep["val_fraction"], prep["test_fraction"], seed, hashes)
-    if datasets.find_duplicates(table):
+    table["split"] = splitting.stratified_split(strata[keep], prep["val_fraction"], prep["test_fraction"], seed, hashes)
+    if splitting.find_duplicates(table):
         raise RuntimeError("exact duplicate images landed in different splits; stratified_split should prevent this")
     return pixels, table
 
@@ -87,7 +88,7 @@ def main():
     meta = {"classes": loaded.classes, "task": loaded.task, "attributes": loaded.attributes}
     write_json(Path(args.out_dir) / "classes.json", meta)
     bad_paths = [bad["path"] for bad in loaded.bad_files]
-    found = {"duplicate_images": datasets.count_duplicates(manifest), "bad_images": len(bad_paths)}
+    found = {"duplicate_images": splitting.count_duplicates(manifest), "bad_images": len(bad_paths)}
     write_json(args.metrics, {**counts, **found, "bad_image_files": bad_paths})
     log.info("%d images -> %s", len(manifest), {k: v for k, v in counts.items() if k.endswith("_images")})
     log.info(

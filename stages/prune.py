@@ -15,8 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.lib import data, distributed, errors, families, models, params, pruning, training
+from stages.lib import data, errors, models, params, pruning, training
+from stages.lib.models import families
 from stages.lib.outputs import write_json
+from stages.lib.training import distributed
 
 log = logging.getLogger("prune")
 SECTIONS = ("base", "train", "families", "distill", "prune")  # dvc.yaml `params:` of prune and prune_sweep
@@ -89,8 +91,17 @@ def run(p, sec, args):
     setting["source_model"] = Path(args.student).parent.name  # pruned from; judged against lib/sweep.compared_with
     setting["lr"] = lr
     card = models.save(args.out_dir, student, {**card, **best, "pruned": {**setting, **stats}})
-    write_json(args.metrics, {**setting, **stats, **best, "val_auroc_per_step": [h["val_auroc"] for h in history],
-                              "param_count": card["param_count"], "train_minutes": round(minutes, 2)})  # fmt: skip
+    write_json(
+        args.metrics,
+        {
+            **setting,
+            **stats,
+            **best,
+            "val_auroc_per_step": [h["val_auroc"] for h in history],
+            "param_count": card["param_count"],
+            "train_minutes": round(minutes, 2),
+        },
+    )
 
 
 def main():

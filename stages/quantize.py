@@ -21,21 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib import (
-    clustering,
-    data,
-    errors,
-    metrics,
-    models,
-    params,
-    pt2e,
-    qat,
-    quantization,
-    recipes,
-    runtime,
-    sensitivity,
-)
+from stages.lib import data, errors, metrics, models, params, quantization, runtime
 from stages.lib.outputs import write_json
+from stages.lib.quantization import clustering, pt2e, qat, recipes, sensitivity
 
 log = logging.getLogger("quantize")
 
@@ -64,8 +52,16 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
         size, p = calib.shape[-1], ctx["params"]
         train_xy, val_xy = (data.load_split(ctx["data_dir"], s, size) for s in ("train", "val"))
         teacher, _ = models.load(ctx["teacher"])
-        qm, info = qat.fine_tune(qat.prepare(model, calib[:2]), train_xy, val_xy, setting, tmp / "live", p["base"],
-                                 teacher=teacher, kd=p["distill"])  # fmt: skip
+        qm, info = qat.fine_tune(
+            qat.prepare(model, calib[:2]),
+            train_xy,
+            val_xy,
+            setting,
+            tmp / "live",
+            p["base"],
+            teacher=teacher,
+            kd=p["distill"],
+        )
         path = qat.export(qm, model, out / "model.onnx", size, calib, route=setting["onnx"])
         x_val = data.to_float(val_xy[0]).numpy()
         info = {f"qat_fake_quant_{k}": v for k, v in info.items()}  # the fake-quant model's own best epoch
@@ -79,8 +75,9 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
         return quantization.to_fp16(fp32, target), {}
     ops = recipes.op_types(setting["op_types"])
     if kind == "ort_dynamic":
-        path = quantization.quantize_dynamic_int8(fp32, target, setting["per_channel"], setting["weight_type"],
-                                                  setting["reduce_range"], ops)  # fmt: skip
+        path = quantization.quantize_dynamic_int8(
+            fp32, target, setting["per_channel"], setting["weight_type"], setting["reduce_range"], ops
+        )
         return path, {}
     prep = quantization.preprocess(fp32, tmp / "prep.onnx")
     names = ("per_channel", "calibrate_method", "activation_type", "weight_type", "reduce_range")
@@ -106,8 +103,12 @@ def fallback(static, target, x_sens, k, threads):
     if k:
         prep, kw = static["prep"], {"cache": static["cache"], "op_types": static["ops"], **static["opts"]}
         ranked = sensitivity.output_sensitivity(
-            prep, [r["node"] for r in rows], x_sens, threads,
-            quantize_only=lambda names, path: quantization.quantize_static_qdq(prep, path, only=names, **kw))  # fmt: skip
+            prep,
+            [r["node"] for r in rows],
+            x_sens,
+            threads,
+            quantize_only=lambda names, path: quantization.quantize_static_qdq(prep, path, only=names, **kw),
+        )
         keep = sensitivity.most_sensitive(ranked, k)
         quantization.quantize_static_qdq(prep, target, exclude=keep, **kw)
         out |= {f"output_sensitive_{i + 1}": r for i, r in enumerate(ranked[:5])}
@@ -126,15 +127,19 @@ def val_deltas(ref_logits, logits, y, task, target_recall, max_drop_pt, draws, s
     k = p_ref.shape[1]
     ci = metrics.paired_delta_ci(a, b, y, names, draws, seed, k)
     whole = np.arange(len(y))[None]  # the validation set itself: one "resample" that is the identity
-    va_all, vb_all = (metrics._draws(y, d["pred"], d["score"], whole, names, k) for d in (a, b))
+    va_all, vb_all = (metrics.resampled(y, d["pred"], d["score"], whole, names, k) for d in (a, b))
     out, hurt = {}, False
     for name in names:
         va, vb = float(va_all[name][0]), float(vb_all[name][0])
         delta = round((va - vb) * 100, 2)
         worse = delta > max_drop_pt if name.startswith("fpr") else delta < -max_drop_pt
         hurt |= bool(worse)
-        out |= {f"val_{name}_fp32": round(vb, 4), f"val_{name}": round(va, 4), f"val_{name}_delta_pt": delta,
-                f"val_{name}_delta_pt_ci95": [round(v * 100, 2) for v in ci[name]]}  # fmt: skip
+        out |= {
+            f"val_{name}_fp32": round(vb, 4),
+            f"val_{name}": round(va, 4),
+            f"val_{name}_delta_pt": delta,
+            f"val_{name}_delta_pt_ci95": [round(v * 100, 2) for v in ci[name]],
+        }
     return out, hurt
 
 
@@ -170,8 +175,13 @@ def main():
     ):
         ctx = {"data_dir": args.data_dir, "teacher": args.teacher, "params": p}
         path, static = make(kind, setting, args.model, model, card, Path(partial), calib, Path(tmp), ctx)
-        stats = {"variant": args.variant, "recipe": args.recipe, "kind": kind, **cpu,
-                 "settings": {k: v for k, v in setting.items() if k != "kind"}}  # fmt: skip
+        stats = {
+            "variant": args.variant,
+            "recipe": args.recipe,
+            "kind": kind,
+            **cpu,
+            "settings": {k: v for k, v in setting.items() if k != "kind"},
+        }
         for extra in ("clustering", "qat"):
             stats |= static.pop(extra, {})
         if static:
@@ -179,9 +189,17 @@ def main():
             stats |= fallback(static, path, x_sens, setting["fp32_layers"], p["base"]["threads"])
             stats["calibration_images"] = len(calib)
         path = publish(Path(partial), out, path)
-    info = {"variant": args.variant, "model": Path(args.model).parent.name, "recipe": args.recipe, "kind": kind,
-            "arch": card["arch"], "runtime": recipes.RUNTIME[kind], "file": path.name,
-            "size_mb": round(path.stat().st_size / 2**20, 3), "settings": stats["settings"]}  # fmt: skip
+    info = {
+        "variant": args.variant,
+        "model": Path(args.model).parent.name,
+        "recipe": args.recipe,
+        "kind": kind,
+        "arch": card["arch"],
+        "runtime": recipes.RUNTIME[kind],
+        "file": path.name,
+        "size_mb": round(path.stat().st_size / 2**20, 3),
+        "settings": stats["settings"],
+    }
     write_json(out / "variant.json", info)
     stats["size_mb"] = info["size_mb"]
     if path.suffix == ".onnx":
@@ -196,8 +214,16 @@ def main():
         stats["val_top1_agreement"] = round(float(np.mean(ref_logits.argmax(1) == logits.argmax(1))), 4)
         stats["val_max_abs_logit_diff"] = round(float(np.abs(ref_logits - logits).max()), 4)
         task = data.read_info(args.data_dir)["task"]
-        deltas, hurt = val_deltas(ref_logits, logits, y_val, task, p["evaluate"]["target_recall"],
-                                  q["max_drop_pt"], p["evaluate"]["bootstrap"], seed)  # fmt: skip
+        deltas, hurt = val_deltas(
+            ref_logits,
+            logits,
+            y_val,
+            task,
+            p["evaluate"]["target_recall"],
+            q["max_drop_pt"],
+            p["evaluate"]["bootstrap"],
+            seed,
+        )
         stats |= deltas | {"ptq_hurt": hurt, "max_drop_pt": q["max_drop_pt"]}
     write_json(args.metrics, stats)
     log.info("%s (%s): %s", args.variant, card["arch"], {k: v for k, v in stats.items() if not isinstance(v, dict)})

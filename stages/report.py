@@ -21,8 +21,10 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from stages.lib import comparison, data, errors, metrics, params, precision, selection, sweep, writeup
+from stages.lib import data, errors, metrics, params
+from stages.lib.deploy import selection
 from stages.lib.outputs import read_json, write_json, write_text
+from stages.lib.report import comparison, formatting, precision, sweep, writeup
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -60,8 +62,10 @@ def check(p, ev):
 
 def plot(table, quality, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, cost, label in ((axes[0], "latency_ms_p50", "CPU latency, batch 1 (ms, median over rounds)"),
-                            (axes[1], "size_mb", "model file size (MB)")):  # fmt: skip
+    for ax, cost, label in (
+        (axes[0], "latency_ms_p50", "CPU latency, batch 1 (ms, median over rounds)"),
+        (axes[1], "size_mb", "model file size (MB)"),
+    ):
         front = comparison.pareto_front(table, cost, quality)
         yerr = [table[quality] - table[f"{quality}_ci_low"], table[f"{quality}_ci_high"] - table[quality]]
         ax.errorbar(table[cost], table[quality], yerr=yerr, fmt="none", ecolor="0.7", capsize=2, label="95% CI")
@@ -75,12 +79,12 @@ def plot(table, quality, path):
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label + ", log scale")
-        ax.set_ylabel(f"test {writeup.label(quality)}")
+        ax.set_ylabel(f"test {formatting.label(quality)}")
         if comparison.lower_is_better(quality):
             ax.invert_yaxis()  # better is up
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="lower right")
-    fig.suptitle(f"{writeup.label(quality)} (threshold-free, 95% CI) vs cost on the shared test split")
+    fig.suptitle(f"{formatting.label(quality)} (threshold-free, 95% CI) vs cost on the shared test split")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -88,14 +92,21 @@ def plot(table, quality, path):
 def pareto_points(table, quality):
     """Tidy rows for the Vega Pareto template: fixed column names, whatever `report.quality` is."""
     fronts = {c: set(comparison.pareto_front(table, c, quality)) for c in ("latency_ms_p50", "size_mb")}
-    return pd.DataFrame({
-        "variant": table.index, "runtime": table["runtime"], "quality_metric": quality,
-        "quality": table[quality], "quality_ci_low": table[f"{quality}_ci_low"],
-        "quality_ci_high": table[f"{quality}_ci_high"], "latency_ms_p50": table["latency_ms_p50"],
-        "size_mb": table["size_mb"], "speedup_x": table["speedup_x"],
-        "front_latency": [v in fronts["latency_ms_p50"] for v in table.index],
-        "front_size": [v in fronts["size_mb"] for v in table.index],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "variant": table.index,
+            "runtime": table["runtime"],
+            "quality_metric": quality,
+            "quality": table[quality],
+            "quality_ci_low": table[f"{quality}_ci_low"],
+            "quality_ci_high": table[f"{quality}_ci_high"],
+            "latency_ms_p50": table["latency_ms_p50"],
+            "size_mb": table["size_mb"],
+            "speedup_x": table["speedup_x"],
+            "front_latency": [v in fronts["latency_ms_p50"] for v in table.index],
+            "front_size": [v in fronts["size_mb"] for v in table.index],
+        }
+    )
 
 
 def headline(table, reference, recommended, quality_cols):
@@ -137,8 +148,19 @@ def overlay_curves(curves_dir, variants, out):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("evaluate_dir", "benchmark", "rounds_csv", "predictions_dir", "prepare_metrics", "data_dir",
-                 "out_dir", "metrics", "headline", "report_md", "quantize_dir"):  # fmt: skip
+    for name in (
+        "evaluate_dir",
+        "benchmark",
+        "rounds_csv",
+        "predictions_dir",
+        "prepare_metrics",
+        "data_dir",
+        "out_dir",
+        "metrics",
+        "headline",
+        "report_md",
+        "quantize_dir",
+    ):
         parser.add_argument(name)
     parser.add_argument("--pruning", required=True, help="folder of pruning metrics (metrics/prune): sweep section")
     parser.add_argument("--select", help="metrics/select.json of the select stage: adds the deployment section")
@@ -156,9 +178,15 @@ def main():
     def keep(found):  # older experiments' files may still lie in the folders: only this run's variants
         return {k: v for k, v in found.items() if k in wanted}
 
-    ev = comparison.Evidence(keep(read_dir(args.evaluate_dir)), keep(bench["variants"]), pd.read_csv(args.rounds_csv),
-                             keep(read_dir(args.predictions_dir, ".csv")), p["evaluate"]["bootstrap"],
-                             p["base"]["seed"], bench["threads"][-1])  # fmt: skip
+    ev = comparison.Evidence(
+        keep(read_dir(args.evaluate_dir)),
+        keep(bench["variants"]),
+        pd.read_csv(args.rounds_csv),
+        keep(read_dir(args.predictions_dir, ".csv")),
+        p["evaluate"]["bootstrap"],
+        p["base"]["seed"],
+        bench["threads"][-1],
+    )
     quality, guards, step_pairs = check(p, ev)
     reference = p["report"]["reference"]
     table = comparison.build_table(ev, reference)
@@ -176,19 +204,38 @@ def main():
     if args.curves and ev.task == "binary":
         overlay_curves(args.curves, ev.evaluated, out)
     section, pruning = pruning_section(ev, read_dir(args.pruning), quality, guards, out, args.report_md)
-    write_json(args.metrics, {"variants": table.to_dict(orient="index"), "steps": steps,
-                              "recommended": recommended, "rule": rule, "quality": quality,
-                              "precision": prec, "pruning": pruning})  # fmt: skip
+    write_json(
+        args.metrics,
+        {
+            "variants": table.to_dict(orient="index"),
+            "steps": steps,
+            "recommended": recommended,
+            "rule": rule,
+            "quality": quality,
+            "precision": prec,
+            "pruning": pruning,
+        },
+    )
     quality_cols = ["recall", "fpr", "auroc"] if ev.task == "binary" else ["accuracy", "macro_recall"]
     head = headline(table, reference, recommended, quality_cols)
     selected = read_json(args.select) if args.select else None
     if selected:  # what select deployed under its constraints (`dvc exp show --keep deployed`)
         head["deployed"] = selected["selected"]
     write_json(args.headline, head)
-    ctx = {"reference": reference, "guards": guards, "names": names, "steps": steps, "recommended": recommended,
-           "rule": rule, "fingerprint": bench["fingerprint"], "bench": bench, "params": p,
-           "prepared": read_json(args.prepare_metrics), "info": data.read_info(args.data_dir),
-           "target_recall": p["evaluate"]["target_recall"]}  # fmt: skip
+    ctx = {
+        "reference": reference,
+        "guards": guards,
+        "names": names,
+        "steps": steps,
+        "recommended": recommended,
+        "rule": rule,
+        "fingerprint": bench["fingerprint"],
+        "bench": bench,
+        "params": p,
+        "prepared": read_json(args.prepare_metrics),
+        "info": data.read_info(args.data_dir),
+        "target_recall": p["evaluate"]["target_recall"],
+    }
     which = precision.section(prec, reference, guards, p["quantize"]["max_drop_pt"])
     text = precision.insert(precision.insert(writeup.render(table, ctx), which), section)
     if selected and selected["selected"] is None:  # the first thing a reader must see

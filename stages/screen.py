@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.lib import deploy, runtime
-from stages.lib.images import IMAGE_SUFFIXES, ImageDecodeError
+from stages.lib.data.images import IMAGE_SUFFIXES, ImageDecodeError
 
 log = logging.getLogger("screen")
 EXIT_SKIPPED = 2
@@ -49,8 +49,10 @@ def collect(inputs, files_from=None):
         else:
             raise InputError(f"input {str(path)!r} does not exist")
     if not files:
-        raise InputError(f"no image files in {[str(p) for p in inputs] + ([files_from] if files_from else [])}; "
-                         f"folders are searched for {sorted(IMAGE_SUFFIXES)}")  # fmt: skip
+        raise InputError(
+            f"no image files in {[str(p) for p in inputs] + ([files_from] if files_from else [])}; "
+            f"folders are searched for {sorted(IMAGE_SUFFIXES)}"
+        )
     return files
 
 
@@ -137,16 +139,31 @@ def main():
         write_csv(skipped_csv, skipped, ["path", "error"])
     counts = {c: sum(r["verdict"] == c for r in rows) for c in bundle["classes"]}
     rate = len(rows) / timing["seconds"] if timing["seconds"] > 0 else float("nan")
-    summary = {"variant": bundle["variant"], "files": len(files), "images": len(rows), "skipped": len(skipped),
-               "verdicts": counts, "seconds": round(timing["seconds"], 3),
-               "model_seconds": round(timing["model_seconds"], 3), "images_per_s": round(rate, 1),
-               "threads": threads, "batch_size": args.batch_size,
-               "torch_imported": "torch" in sys.modules}  # fmt: skip
+    summary = {
+        "variant": bundle["variant"],
+        "files": len(files),
+        "images": len(rows),
+        "skipped": len(skipped),
+        "verdicts": counts,
+        "seconds": round(timing["seconds"], 3),
+        "model_seconds": round(timing["model_seconds"], 3),
+        "images_per_s": round(rate, 1),
+        "threads": threads,
+        "batch_size": args.batch_size,
+        "torch_imported": "torch" in sys.modules,
+    }
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("%d images screened with %s in %.1f s (%.1f images/s incl. decoding): %s; %d unreadable skipped%s",
-             len(rows), bundle["variant"], timing["seconds"], rate, counts, len(skipped),
-             f" (listed in {skipped_csv})" if skipped else "")  # fmt: skip
+    log.info(
+        "%d images screened with %s in %.1f s (%.1f images/s incl. decoding): %s; %d unreadable skipped%s",
+        len(rows),
+        bundle["variant"],
+        timing["seconds"],
+        rate,
+        counts,
+        len(skipped),
+        f" (listed in {skipped_csv})" if skipped else "",
+    )
     if skipped:
         sys.exit(EXIT_SKIPPED)
 

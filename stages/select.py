@@ -26,20 +26,42 @@ from pathlib import Path
 import pandas as pd
 
 from stages import screen
-from stages.lib import deploy, errors, params, selection
+from stages.lib import deploy, errors, params
+from stages.lib.deploy import selection
 from stages.lib.outputs import read_json, write_json
 
 log = logging.getLogger("select")
 SKEW_TOLERANCE = 1e-5
-TEST_KEYS = ("threshold", "recall", "fpr", "precision", "f1", "auroc", "ap", "tp", "fp", "fn", "tn", "n_images",
-             "accuracy", "macro_recall", "macro_f1", "macro_auroc", "per_class_recall")  # fmt: skip
+TEST_KEYS = (
+    "threshold",
+    "recall",
+    "fpr",
+    "precision",
+    "f1",
+    "auroc",
+    "ap",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "n_images",
+    "accuracy",
+    "macro_recall",
+    "macro_f1",
+    "macro_auroc",
+    "per_class_recall",
+)
 
 
 def git_revision():
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip() != ""  # fmt: skip
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            != ""
+        )
     except (OSError, subprocess.CalledProcessError):
         return {"revision": None, "dirty": None}
     return {"revision": rev, "dirty": dirty}
@@ -55,8 +77,18 @@ def run_screen(bundle_dir, files, work):
     """`python -m stages.screen` on `files` in a fresh process: (verdict rows, its summary)."""
     listing, out, summary = work / "files.txt", work / "verdicts.csv", work / "summary.json"
     listing.write_text("".join(f"{f}\n" for f in files))
-    cmd = [sys.executable, "-m", screen.__name__, str(bundle_dir), "--files-from", str(listing), "--out", str(out),
-           "--summary", str(summary)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        screen.__name__,
+        str(bundle_dir),
+        "--files-from",
+        str(listing),
+        "--out",
+        str(out),
+        "--summary",
+        str(summary),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"screen failed ({proc.returncode}) on the data set's own raw files:\n{proc.stderr[-3000:]}")
@@ -72,8 +104,13 @@ def skew(verdicts, test_rows, predictions, classes):
     diff = (both["score_evaluate"] - both["score_screen"]).abs()
     mismatches = int((both["pred"].map(dict(enumerate(classes))) != both["verdict"]).sum())
     same_pixels = bool((both["sha256_evaluate"] == both["pixel_sha256"]).all())
-    return {"images": len(both), "max_abs_score_diff": float(diff.max()), "verdict_mismatches": mismatches,
-            "same_pixels": same_pixels, "tolerance": SKEW_TOLERANCE}  # fmt: skip
+    return {
+        "images": len(both),
+        "max_abs_score_diff": float(diff.max()),
+        "verdict_mismatches": mismatches,
+        "same_pixels": same_pixels,
+        "tolerance": SKEW_TOLERANCE,
+    }
 
 
 def main():
@@ -96,19 +133,36 @@ def main():
         message = selection.none_qualified_message(assessed, sel)
         log.warning("%s", message)
         deploy.write_empty_bundle(args.deploy_dir, message.splitlines()[0])
-        write_json(args.metrics, {"selected": None, "rule": rule, "constraints": constraints,
-                                  "closest": selection.closest(assessed), "variants": assessed})  # fmt: skip
+        write_json(
+            args.metrics,
+            {
+                "selected": None,
+                "rule": rule,
+                "constraints": constraints,
+                "closest": selection.closest(assessed),
+                "variants": assessed,
+            },
+        )
         return
     ev, entry = evaluations[chosen], bench["variants"][chosen]
     log.info("selected %s (%s)", chosen, rule)
 
-    meta = {"variant": chosen, "task": info["task"], "classes": info["classes"],
-            "threshold": ev.get("threshold_exact"), "threshold_rule": ev.get("threshold_rule"),
-            "input_size": bench["image_size"], "decoding": deploy.decoding_rules(bench["image_size"],
-                                                                                p["prepare"]["max_side"]),
-            "selection": {"rule": rule, "constraints": constraints},
-            "validation": ev["val"], "test": test_metrics(ev), "benchmark": entry,
-            "fingerprint": bench["fingerprint"], "params": p, "git": git_revision()}  # fmt: skip
+    meta = {
+        "variant": chosen,
+        "task": info["task"],
+        "classes": info["classes"],
+        "threshold": ev.get("threshold_exact"),
+        "threshold_rule": ev.get("threshold_rule"),
+        "input_size": bench["image_size"],
+        "decoding": deploy.decoding_rules(bench["image_size"], p["prepare"]["max_side"]),
+        "selection": {"rule": rule, "constraints": constraints},
+        "validation": ev["val"],
+        "test": test_metrics(ev),
+        "benchmark": entry,
+        "fingerprint": bench["fingerprint"],
+        "params": p,
+        "git": git_revision(),
+    }
     bundle = deploy.write_bundle(args.deploy_dir, entry["model_file"], meta)
 
     manifest = pd.read_csv(Path(args.data_dir) / "manifest.csv")
@@ -121,16 +175,36 @@ def main():
         verdicts, summary = run_screen(args.deploy_dir, files, Path(tmp))
     predictions = pd.read_csv(Path(args.predictions_dir) / f"{chosen}.csv")
     check = skew(verdicts, test_rows, predictions, info["classes"])
-    throughput = {**summary, "model_only_throughput_img_s": entry["throughput_img_s"],
-                  "model_only_batch_size": bench["batch_size"]}  # fmt: skip
+    throughput = {
+        **summary,
+        "model_only_throughput_img_s": entry["throughput_img_s"],
+        "model_only_batch_size": bench["batch_size"],
+    }
 
-    write_json(args.metrics, {"selected": chosen, "rule": rule, "constraints": constraints,
-                              "test": test_metrics(ev), "validation": ev["val"], "model_sha256": bundle["model_sha256"],
-                              "screen": throughput, "skew": check, "variants": assessed})  # fmt: skip
-    log.info("screen: %d images at %.1f images/s incl. decoding (model only, benchmark: %.1f img/s); skew on %d test "
-             "images: max |d score| %.2g, %d verdicts differ", summary["images"], summary["images_per_s"],
-             entry["throughput_img_s"], check["images"], check["max_abs_score_diff"],
-             check["verdict_mismatches"])  # fmt: skip
+    write_json(
+        args.metrics,
+        {
+            "selected": chosen,
+            "rule": rule,
+            "constraints": constraints,
+            "test": test_metrics(ev),
+            "validation": ev["val"],
+            "model_sha256": bundle["model_sha256"],
+            "screen": throughput,
+            "skew": check,
+            "variants": assessed,
+        },
+    )
+    log.info(
+        "screen: %d images at %.1f images/s incl. decoding (model only, benchmark: %.1f img/s); skew on %d test "
+        "images: max |d score| %.2g, %d verdicts differ",
+        summary["images"],
+        summary["images_per_s"],
+        entry["throughput_img_s"],
+        check["images"],
+        check["max_abs_score_diff"],
+        check["verdict_mismatches"],
+    )
     if check["max_abs_score_diff"] > SKEW_TOLERANCE or check["verdict_mismatches"] or not check["same_pixels"]:
         sys.exit(f"select: training/serving skew: screen differs from evaluate on the test split: {check}")
 

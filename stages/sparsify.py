@@ -16,8 +16,11 @@ import argparse
 import logging
 import time
 
-from stages.lib import data, distributed, errors, families, models, params, sparsity, training
+from stages.lib import data, errors, models, params, training
+from stages.lib.models import families
 from stages.lib.outputs import write_json
+from stages.lib.pruning import sparsity
+from stages.lib.training import distributed
 
 log = logging.getLogger("sparsify")
 SECTIONS = ("base", "train", "families", "distill", "sparsify")
@@ -59,8 +62,13 @@ def main():
     teacher, _ = training.frozen_teacher(args.teacher)
     dense = sparsity.sizes(student)
     masks = sparsify(student, spec)
-    log.info("%s: %s masks on %d layers, %.1f%% of their weights zero", args.name, spec["pattern"], len(masks),
-             100 * sparsity.sparsity_stats(student, masks)["sparsity_target_layers"])  # fmt: skip
+    log.info(
+        "%s: %s masks on %d layers, %.1f%% of their weights zero",
+        args.name,
+        spec["pattern"],
+        len(masks),
+        100 * sparsity.sparsity_stats(student, masks)["sparsity_target_layers"],
+    )
 
     lr = families.lr(p["train"], p["families"], card["arch"]) * sec["lr_scale"]
     recipe = {**p["train"], "epochs": sec["epochs"], "lr": lr}
@@ -79,8 +87,10 @@ def main():
         stats["gpu_2_4"] = sparsity.time_semi_structured(student)
     stats["note"] = "dense kernels on CPU (PyTorch, ONNX Runtime) do not exploit this sparsity: same latency and file"
     card = models.save(args.out_dir, student, {**card, **best, "sparsified": {**spec, **stats}})
-    write_json(args.metrics, {**spec, **stats, **best, "lr": lr, "param_count": card["param_count"],
-                              "train_minutes": round(minutes, 2)})  # fmt: skip
+    write_json(
+        args.metrics,
+        {**spec, **stats, **best, "lr": lr, "param_count": card["param_count"], "train_minutes": round(minutes, 2)},
+    )
 
 
 if __name__ == "__main__":

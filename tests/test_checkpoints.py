@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from stages.lib import checkpoints, training
+from stages.lib import training
 from stages.lib.params import seed_everything
+from stages.lib.training import checkpoints
 
 RECIPE = {"epochs": 4, "batch_size": 8, "lr": 0.01, "weight_decay": 0.01}
 BASE = {"seed": 0, "device": "cpu", "channels_last": False}
@@ -15,8 +16,15 @@ BASE = {"seed": 0, "device": "cpu", "channels_last": False}
 
 def tiny_model():
     torch.manual_seed(1)  # dropout draws from the global torch RNG, which a checkpoint must restore too
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Dropout(0.3), nn.Linear(4, 2))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(4, 2),
+    )
 
 
 def tiny_data(seed):

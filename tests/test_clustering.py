@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from stages.lib import clustering, models, params
+from stages.lib import models, params
+from stages.lib.quantization import clustering
 from tests.test_quantization import crops
 
 
@@ -65,9 +66,13 @@ def test_kmeans_1d_recovers_well_separated_clusters():
 
 @pytest.mark.parametrize(
     ("recipe", "key"),
-    [({"n_clusters": 1}, "n_clusters"), ({"n_clusters": 16, "bits": 4}, "bits"),
-     ({"n_clusters": 256, "sample_size": 100}, "sample_size"), ({"n_clusters": 16, "min_weights": -1}, "min_weights")],
-)  # fmt: skip
+    [
+        ({"n_clusters": 1}, "n_clusters"),
+        ({"n_clusters": 16, "bits": 4}, "bits"),
+        ({"n_clusters": 256, "sample_size": 100}, "sample_size"),
+        ({"n_clusters": 16, "min_weights": -1}, "min_weights"),
+    ],
+)
 def test_bad_recipe_names_the_key(recipe, key):
     with pytest.raises(params.ParamError, match=rf"quantize\.recipes\.c\.{key}"):
         clustering.check_recipe("quantize.recipes.c", {"kind": "cluster", **recipe})

@@ -11,8 +11,9 @@ import yaml
 from onnx import TensorProto, helper
 
 from stages import benchmark
-from stages.lib import errors, models, outputs, pt2e, runtime
+from stages.lib import errors, models, outputs, runtime
 from stages.lib.errors import InputError, MissingInputError
+from stages.lib.quantization import pt2e
 
 
 @pytest.fixture
@@ -101,8 +102,11 @@ def test_missing_model_names_the_file_and_its_stage(repo):
 def test_truncated_model_names_the_file_and_its_stage(repo):
     path = tiny_model(repo / "artifacts" / "teacher")
     truncate(path)
-    with pytest.raises(InputError, match=r"^artifacts/teacher/model\.pt is missing or damaged \(.+\); it is made by "
-                       r"stage 'finetune_teacher': run `dvc repro finetune_teacher`$"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"^artifacts/teacher/model\.pt is missing or damaged \(.+\); it is made by "
+        r"stage 'finetune_teacher': run `dvc repro finetune_teacher`$",
+    ):
         models.load("artifacts/teacher/model.pt")
 
 
@@ -110,8 +114,11 @@ def test_truncated_onnx_names_the_file_and_its_stage(repo):
     path = tiny_onnx(repo / "artifacts/variants/student_kd_ort_fp32/model.onnx")
     assert runtime.OrtRunner(path, threads=1).param_count == 0  # the whole file loads
     truncate(path)
-    with pytest.raises(InputError, match=r"^artifacts/variants/student_kd_ort_fp32/model\.onnx is missing or damaged "
-                       r"\(.+\); it is made by stage 'quantize': run `dvc repro quantize`$"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"^artifacts/variants/student_kd_ort_fp32/model\.onnx is missing or damaged "
+        r"\(.+\); it is made by stage 'quantize': run `dvc repro quantize`$",
+    ):
         runtime.OrtRunner("artifacts/variants/student_kd_ort_fp32/model.onnx", threads=1)
 
 
@@ -119,8 +126,11 @@ def test_truncated_pt2_names_the_file_and_its_stage(repo):
     path = repo / "artifacts/variants/student_kd_int8_pt2e/model.pt2"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 the first bytes of a zip, then nothing")
-    with pytest.raises(InputError, match=r"^artifacts/variants/student_kd_int8_pt2e/model\.pt2 is missing or damaged "
-                       r"\(not a complete \.pt2 zip archive\); it is made by stage 'quantize'"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"^artifacts/variants/student_kd_int8_pt2e/model\.pt2 is missing or damaged "
+        r"\(not a complete \.pt2 zip archive\); it is made by stage 'quantize'",
+    ):
         pt2e.load_program("artifacts/variants/student_kd_int8_pt2e/model.pt2")
 
 
@@ -143,14 +153,18 @@ def test_missing_variant_json_names_the_stage(repo):
 def test_truncated_json_output_names_its_stage(repo):
     (repo / "metrics").mkdir()
     (repo / "metrics" / "benchmark.json").write_text('{"variants": {')
-    with pytest.raises(InputError, match=r"^metrics/benchmark\.json is missing or damaged \(JSONDecodeError: .+\); "
-                       r"it is made by stage 'benchmark': run `dvc repro benchmark`$"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"^metrics/benchmark\.json is missing or damaged \(JSONDecodeError: .+\); "
+        r"it is made by stage 'benchmark': run `dvc repro benchmark`$",
+    ):
         outputs.read_json("metrics/benchmark.json")
 
 
 def stage_cli(module, args, cwd, root):
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(root)})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, env={"PYTHONPATH": str(root)}
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -159,10 +173,13 @@ def stage_cli(module, args, cwd, root):
 
 
 def test_stage_cli_with_a_missing_teacher(repo, root):
-    line = stage_cli("stages.distill", ["data/prepared", "artifacts/teacher/model.pt", "out", "live", "m.json"],
-                     repo, root)  # fmt: skip
-    assert line == ("distill: artifacts/teacher/model.pt is missing or damaged (not found); it is made by stage "
-                    "'finetune_teacher': run `dvc repro finetune_teacher`")  # fmt: skip
+    line = stage_cli(
+        "stages.distill", ["data/prepared", "artifacts/teacher/model.pt", "out", "live", "m.json"], repo, root
+    )
+    assert line == (
+        "distill: artifacts/teacher/model.pt is missing or damaged (not found); it is made by stage "
+        "'finetune_teacher': run `dvc repro finetune_teacher`"
+    )
 
 
 def test_stage_cli_with_a_truncated_student(repo, root):

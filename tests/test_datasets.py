@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages.lib import datasets
-from stages.lib.images import image_sha256, read_image
+from stages.lib.data import datasets, splitting
+from stages.lib.data.images import image_sha256, read_image
 from stages.lib.params import ParamError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -20,8 +20,14 @@ NEU_NAMES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_sca
 
 
 def prep(root=None, **knobs):
-    return {"root": None if root is None else str(root), "categories": None, "good_class": None,
-            "on_bad_image": "skip", "defect_threshold": 0.5, **knobs}  # fmt: skip
+    return {
+        "root": None if root is None else str(root),
+        "categories": None,
+        "good_class": None,
+        "on_bad_image": "skip",
+        "defect_threshold": 0.5,
+        **knobs,
+    }
 
 
 def real(name):
@@ -149,8 +155,13 @@ def test_folder_binary_with_good_class(tmp_path):
     t = loaded.table
     assert (loaded.classes, loaded.task, loaded.attributes) == (["good", "defect"], "binary", ["defect_type"])
     assert t.set_index("source")["label"].to_dict() == {
-        "dent/e.png": 1, "dent/f.webp": 1, "good/a.png": 0, "good/b.JPG": 0, "good/c.bmp": 0, "scratch/d.tif": 1
-    }  # fmt: skip
+        "dent/e.png": 1,
+        "dent/f.webp": 1,
+        "good/a.png": 0,
+        "good/b.JPG": 0,
+        "good/c.bmp": 0,
+        "scratch/d.tif": 1,
+    }
     shapes = dict(zip(t["source"], [img.shape for img in loaded.images], strict=True))
     assert shapes["good/a.png"] == (10, 14) and shapes["scratch/d.tif"] == (12, 12)  # L and I;16 stay grayscale
     assert shapes["good/c.bmp"] == shapes["dent/e.png"] == (10, 14, 3)  # palette and RGBA become RGB
@@ -245,21 +256,23 @@ def test_exact_duplicates_land_in_the_same_split():
     rng = np.random.default_rng(0)
     strata = np.repeat(["good", "defect"], [300, 60])
     hashes = np.array([f"h{i % 97}" if s == "good" else f"d{i % 20}" for i, s in enumerate(strata)])
-    split = datasets.stratified_split(strata, 0.15, 0.15, seed=1, hashes=hashes)
+    split = splitting.stratified_split(strata, 0.15, 0.15, seed=1, hashes=hashes)
     table = pd.DataFrame({"sha256": hashes, "split": split})
-    assert table.groupby("sha256")["split"].nunique().max() == 1 and datasets.find_duplicates(table) == []
-    assert set(split) == {"train", "val", "test"} and datasets.count_duplicates(table) == 360 - 117
+    assert table.groupby("sha256")["split"].nunique().max() == 1 and splitting.find_duplicates(table) == []
+    assert set(split) == {"train", "val", "test"} and splitting.count_duplicates(table) == 360 - 117
     table.loc[rng.permutation(360)[:40], "split"] = "test"
-    assert datasets.find_duplicates(table) and all(table.loc[g, "sha256"].nunique() == 1 for g in datasets.find_duplicates(table))  # fmt: skip
+    assert splitting.find_duplicates(table) and all(
+        table.loc[g, "sha256"].nunique() == 1 for g in splitting.find_duplicates(table)
+    )
 
 
 def test_split_without_hashes_is_stratified_and_pure():
     strata = np.repeat(["good/mono", "good/poly", "defect/mono", "defect/poly"], [400, 300, 100, 60])
-    split = datasets.stratified_split(strata, 0.15, 0.15, seed=42)
-    assert (split == datasets.stratified_split(strata, 0.15, 0.15, seed=42)).all()
+    split = splitting.stratified_split(strata, 0.15, 0.15, seed=42)
+    assert (split == splitting.stratified_split(strata, 0.15, 0.15, seed=42)).all()
     assert (split == "test").sum() == 129 and (split == "val").sum() == 129
     assert ((split == "test") & (strata == "defect/poly")).sum() == 9
-    keep = datasets.subsample(strata, 86, seed=0)
+    keep = splitting.subsample(strata, 86, seed=0)
     assert len(keep) == 86 and (np.diff(keep) > 0).all() and (strata[keep] == "defect/poly").sum() == 6
 
 
@@ -275,7 +288,7 @@ def test_prepare_splits_a_loaded_set_with_copies_together(tmp_path):
     loaded = datasets.Loaded(pixels, table, ["good", "defect"], "binary", [])
     knobs = {"max_images": 0, "val_fraction": 0.2, "test_fraction": 0.2}
     images, split = prepare.hash_and_split(loaded, knobs, seed=0)
-    assert datasets.count_duplicates(split) == 80 and split.groupby("sha256")["split"].nunique().max() == 1
+    assert splitting.count_duplicates(split) == 80 and split.groupby("sha256")["split"].nunique().max() == 1
     counts = prepare.split_counts(split, loaded.classes)
     assert counts["test_defect"] == counts["val_defect"] == 6 and counts["train_images"] == 72
     manifest = datasets.write_prepared(tmp_path, images, split)

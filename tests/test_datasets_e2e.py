@@ -15,7 +15,9 @@ import onnx
 import pytest
 import yaml
 
-from stages.lib import models, quantization, recipes, reparam
+from stages.lib import models, quantization
+from stages.lib.models import reparam
+from stages.lib.quantization import recipes
 from tests.conftest import SHARED
 from tests.test_pipeline_e2e import TINY, copy_repo, dvc
 

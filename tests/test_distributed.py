@@ -14,8 +14,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from stages.lib import checkpoints, distributed, training
+from stages.lib import training
 from stages.lib.params import seed_everything
+from stages.lib.training import checkpoints, distributed
 
 RECIPE = {"epochs": 2, "batch_size": 8, "lr": 0.01, "weight_decay": 0.01}
 BASE = {"seed": 0, "device": "cpu", "channels_last": False}
@@ -41,8 +42,16 @@ def fit(tmp_path, live):
 
 
 def worker(rank, world_size, port, tmp_path):
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-                       "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})  # fmt: skip
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     checkpoints.CHECKPOINT_DIR = tmp_path / "ckpt_ddp"  # a fresh process: the test's monkeypatch is not here
     model, best, seen = fit(tmp_path, "ddp")

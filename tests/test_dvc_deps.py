@@ -7,23 +7,35 @@ import yaml
 from stages.lib import schema
 
 
+def module_file(name, root):
+    """stages.lib.x.y -> stages/lib/x/y.py or stages/lib/x/y/__init__.py; None when it is not a module."""
+    base = root / name.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
 def lib_imports(path, root, seen=None):
-    """stages/lib/*.py files imported by `path`, followed transitively (also through another stage's
-    script, e.g. prune_sweep -> prune; that script is then returned too)."""
+    """stages/lib files imported by `path`, followed transitively (also through another stage's script, e.g.
+    prune_sweep -> prune; that script is then returned too). Importing stages.lib.pkg.mod also runs
+    stages/lib/pkg/__init__.py, so a package's __init__ counts as imported with any of its modules."""
     seen = set() if seen is None else seen
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
-        if isinstance(node, ast.ImportFrom) and node.module in ("stages", "stages.lib"):
-            names = [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages.lib"):
-            names = [node.module]
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages"):
+            for alias in node.names:  # `from stages.lib.pkg import mod` imports a module, else a name of pkg
+                sub = f"{node.module}.{alias.name}"
+                names.append(sub if module_file(sub, root) else node.module)
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("stages.lib.")]
         for name in names:
-            dep = root / (name.replace(".", "/") + ".py")
-            if dep not in seen:
-                seen.add(dep)
-                lib_imports(dep, root, seen)
+            parts = name.split(".")
+            for i in range(2, len(parts) + 1):  # stages.lib.pkg and stages.lib.pkg.mod both run when imported
+                dep = module_file(".".join(parts[:i]), root)
+                if dep is not None and dep not in seen and parts[:i] != ["stages", "lib"]:
+                    seen.add(dep)
+                    lib_imports(dep, root, seen)
     return seen
 
 
@@ -103,8 +115,11 @@ def test_benchmark_depends_on_every_variant_it_measures(root):
 def test_only_the_headline_is_a_declared_metric(root):
     """`dvc exp show` lists declared metrics: only the compact headline, so it fits a terminal."""
     spec = yaml.safe_load((root / "dvc.yaml").read_text())
-    declared = [next(iter(m)) if isinstance(m, dict) else m
-                for stage in spec["stages"].values() for m in stage.get("do", stage).get("metrics", [])]  # fmt: skip
+    declared = [
+        next(iter(m)) if isinstance(m, dict) else m
+        for stage in spec["stages"].values()
+        for m in stage.get("do", stage).get("metrics", [])
+    ]
     assert declared == ["metrics/headline.json"]
 
 

@@ -42,8 +42,12 @@ def test_export_and_int8_are_byte_identical_across_clones(tmp_path):
         shutil.copytree(ROOT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
         out = tmp_path / f"out_{len(outs)}"
         out.mkdir()
-        subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "ckpt/model.pt"), str(out)], cwd=code,
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(tmp_path / "ckpt/model.pt"), str(out)],
+            cwd=code,
+            check=True,
+            capture_output=True,
+        )
         outs.append(out)
     for name in ("fp32.onnx", "int8.onnx"):
         assert sha(outs[0] / name) == sha(outs[1] / name), name

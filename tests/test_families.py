@@ -11,7 +11,9 @@ import timm
 import torch
 import yaml
 
-from stages.lib import families, models, pruning, quantization, recipes, runtime, training
+from stages.lib import models, pruning, quantization, runtime, training
+from stages.lib.models import families
+from stages.lib.quantization import recipes
 from tests.conftest import ROOT, SHARED
 
 SIZE = 64  # a tiny profile: 4x4 patches of 16 px for the ViTs, 2x2 final maps for the CNNs
@@ -26,8 +28,15 @@ HUB = {
     "efficientnet_b0": {},
 }
 VIT_TINY = SHARED / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
-PRUNE = {"importance": "l2", "scope": "uniform", "ratio": 0.25, "max_ratio": 0.6, "iterative_steps": 1,
-         "round_to": 8, "epochs": 0}  # fmt: skip
+PRUNE = {
+    "importance": "l2",
+    "scope": "uniform",
+    "ratio": 0.25,
+    "max_ratio": 0.6,
+    "iterative_steps": 1,
+    "round_to": 8,
+    "epochs": 0,
+}
 
 
 @pytest.mark.parametrize("name", HUB)
@@ -56,8 +65,9 @@ def test_hub_family_builds_trains_exports_quantizes_and_prunes(name, tmp_path):
 
     setting = recipes.resolve({"op_types": "auto"}, name, {"cpu_vnni": True})
     assert setting["op_types"] == ("vit_safe" if families.is_transformer(name) else "all")
-    int8 = quantization.quantize_static_qdq(fp32, tmp_path / "int8.onnx", x.numpy(),
-                                            op_types=recipes.op_types(setting["op_types"]))  # fmt: skip
+    int8 = quantization.quantize_static_qdq(
+        fp32, tmp_path / "int8.onnx", x.numpy(), op_types=recipes.op_types(setting["op_types"])
+    )
     int8_ops = set(quantization.int8_nodes(int8).values())
     assert int8_ops and (not families.is_transformer(name) or int8_ops <= set(recipes.VIT_SAFE_OPS))
     out = runtime.load_runner(int8, "onnxruntime", 2)(x.numpy())
@@ -155,10 +165,16 @@ FAMILIES = {"cnn": {"lr": 0.001, "prune_importance": "l2"}, "transformer": {"lr"
 
 
 @pytest.mark.parametrize(
-    "arch,family", [("vit_tiny_patch16_224", "transformer"), ("deit_small_patch16_224", "transformer"),
-                    ("mobilevit_s", "transformer"), ("convnext_tiny", "cnn"), ("mobileone_s0", "cnn"),
-                    ("tf_efficientnet_lite0", "cnn")],
-)  # fmt: skip
+    "arch,family",
+    [
+        ("vit_tiny_patch16_224", "transformer"),
+        ("deit_small_patch16_224", "transformer"),
+        ("mobilevit_s", "transformer"),
+        ("convnext_tiny", "cnn"),
+        ("mobileone_s0", "cnn"),
+        ("tf_efficientnet_lite0", "cnn"),
+    ],
+)
 def test_auto_knobs_take_the_family_value_and_a_given_value_wins(arch, family):
     assert families.family(arch) == family
     assert families.lr({"lr": "auto"}, FAMILIES, arch) == FAMILIES[family]["lr"]

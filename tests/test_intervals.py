@@ -19,7 +19,7 @@ def test_draws_on_identity_resample_match_the_point_metrics():
     y, s = sample(400)
     pred = (s >= 0.5).astype(int)
     idx = np.arange(len(y))[None]
-    d = metrics._draws(y, pred, s, idx, BINARY_CI, 2)
+    d = metrics.resampled(y, pred, s, idx, BINARY_CI, 2)
     point = metrics.binary_metrics(s, y, 0.5)
     for k in ("recall", "fpr", "precision", "f1"):
         assert d[k][0] == pytest.approx(point[k], abs=1e-4)
@@ -31,7 +31,7 @@ def test_draws_on_identity_resample_match_the_point_metrics():
 def test_auroc_draws_handle_ties_like_sklearn():
     y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
     s = np.array([0.1, 0.5, 0.5, 0.9, 0.5, 0.2, 0.3, 0.5])
-    d = metrics._draws(y, (s > 0.4).astype(int), s, np.arange(8)[None], ("auroc",), 2)
+    d = metrics.resampled(y, (s > 0.4).astype(int), s, np.arange(8)[None], ("auroc",), 2)
     assert d["auroc"][0] == pytest.approx(roc_auc_score(y, s))
 
 
@@ -79,7 +79,7 @@ def test_multiclass_metrics_and_draws_agree():
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     m = metrics.multiclass_metrics(p, y, ["a", "b", "c", "d"])
     pred = p.argmax(1)
-    d = metrics._draws(y, pred, p.max(1), np.arange(300)[None], metrics.MULTICLASS_CI, 4)
+    d = metrics.resampled(y, pred, p.max(1), np.arange(300)[None], metrics.MULTICLASS_CI, 4)
     assert d["accuracy"][0] == pytest.approx(m["accuracy"], abs=1e-4)
     assert d["macro_recall"][0] == pytest.approx(m["macro_recall"], abs=1e-4)
     assert d["macro_f1"][0] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-4)

@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 
-from stages.lib import data, deploy, models, recipes, training
+from stages.lib import data, deploy, models, training
+from stages.lib.quantization import recipes
 from tests.conftest import ROOT
 
 TINY = {
@@ -108,8 +109,16 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     repo, out = repo
     variants = compared(repo)
     sparse = yaml.safe_load((repo / "params.yaml").read_text())["sparsify"]["models"]
-    expected = ["prepare", "finetune_teacher", "train_student", "distill", "prune/student_pruned", "report",
-                "benchmark", "select"]  # fmt: skip
+    expected = [
+        "prepare",
+        "finetune_teacher",
+        "train_student",
+        "distill",
+        "prune/student_pruned",
+        "report",
+        "benchmark",
+        "select",
+    ]
     expected += [f"prune/{m}" for m in sparse]
     expected += [f"quantize/{v}" for v in variants] + [f"evaluate/{v}" for v in variants]
     for name in expected:
@@ -158,8 +167,16 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
         and headline["ref"]["auroc"] == table["teacher_torch_fp32"]["auroc"]
     )
     text = (repo / "REPORT.md").read_text()
-    for heading in ("## Data and split", "## Machine", "## What each step bought and cost", "## Recommended variant",
-                    "## Which precision?", "**Did PTQ hurt?**", "## Caveats", fingerprint["id"]):  # fmt: skip
+    for heading in (
+        "## Data and split",
+        "## Machine",
+        "## What each step bought and cost",
+        "## Recommended variant",
+        "## Which precision?",
+        "**Did PTQ hurt?**",
+        "## Caveats",
+        fingerprint["id"],
+    ):
         assert heading in text
     assert "## Where pruning starts to hurt" in text and "compute every zero" in text  # sweep + sparsity
     sweep = report["pruning"]
@@ -185,11 +202,20 @@ def test_second_repro_runs_only_the_fingerprint(repo):
 
 def repro_killed_at(repo, marker, log):
     """Start `dvc repro`, SIGKILL it and its stage process once `marker` shows in its output; that output."""
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip  # the marker must reach the log when DVC prints it
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+    }  # the marker must reach the log when DVC prints it
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro"],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         while marker not in log.read_text():
             assert proc.poll() is None, f"dvc repro ended before {marker!r}:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
@@ -202,8 +228,11 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
     """SIGKILL in a training stage, then in quantize; `dvc repro` finishes the job. Same models, same metrics."""
     first, _ = repo
     # Every stage still runs (all models train); only the variants are fewer, to keep this second run short.
-    small = {"compare": {"models": ["student_kd"], "recipes": ["ort_fp32", "int8_static_pc"]},
-             "sparsify": {**TINY["sparsify"], "models": {}}, "report": {"reference": "student_kd_ort_fp32"}}  # fmt: skip
+    small = {
+        "compare": {"models": ["student_kd"], "recipes": ["ort_fp32", "int8_static_pc"]},
+        "sparsify": {**TINY["sparsify"], "models": {}},
+        "report": {"reference": "student_kd_ort_fp32"},
+    }
     (tmp_path / "repo").mkdir()
     second = copy_repo(tmp_path / "repo", {**TINY, **small})
     killed = repro_killed_at(second, "Running stage 'distill'", tmp_path / "kill1.log")
@@ -219,8 +248,14 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
     files += [f"artifacts/variants/student_kd_{r}/model.onnx" for r in ("ort_fp32", "int8_static_pc")]
     for f in files:
         assert (first / f).read_bytes() == (second / f).read_bytes(), f
-    metrics = ["finetune_teacher.json", "train_student.json", "distill.json", "prune/*.json", "evaluate/*.json",
-               "quantize/*.json"]  # fmt: skip
+    metrics = [
+        "finetune_teacher.json",
+        "train_student.json",
+        "distill.json",
+        "prune/*.json",
+        "evaluate/*.json",
+        "quantize/*.json",
+    ]
     files = sorted(p.relative_to(second) for pattern in metrics for p in (second / "metrics").glob(pattern))
     assert len(files) >= 8
     for f in files:
@@ -241,8 +276,9 @@ def test_two_process_training_under_torchrun_is_valid_and_close_to_one_process(r
     one, _ = models.load(first / model)
     two, card = models.load(second / model)  # rank 0 wrote a complete, loadable model and its card
     assert card["val_auroc"] == json.loads((second / "metrics/train_student.json").read_text())["val_auroc"]
-    x = torch.cat([data.load_split(first / "data/prepared", split, TINY["base"]["image_size"])[0]
-                   for split in ("train", "val")])  # fmt: skip
+    x = torch.cat(
+        [data.load_split(first / "data/prepared", split, TINY["base"]["image_size"])[0] for split in ("train", "val")]
+    )
     p1, p2 = training.predict(one, x), training.predict(two, x)
     # Close, not equal: BatchNorm statistics and dropout masks are per shard on CPU (tests/test_distributed.py
     # checks the step is the single-process one exactly for a model without them). Measured: 85 % agreement.
@@ -346,8 +382,18 @@ def test_screen_of_raw_test_images_reproduces_evaluate(repo, tmp_path):
     selected = json.loads((repo / "metrics/select.json").read_text())["selected"]
     manifest = pd.read_csv(repo / "data/prepared/manifest.csv").query("split == 'test'").reset_index(drop=True)
     raw = deploy.raw_paths(manifest["source"], {"dataset": "elpv"})
-    proc = sh([sys.executable, "-m", "stages.screen", str(repo / "artifacts/deploy"), *map(str, raw),
-               "--out", str(tmp_path / "v.csv")], ROOT)  # fmt: skip
+    proc = sh(
+        [
+            sys.executable,
+            "-m",
+            "stages.screen",
+            str(repo / "artifacts/deploy"),
+            *map(str, raw),
+            "--out",
+            str(tmp_path / "v.csv"),
+        ],
+        ROOT,
+    )
     assert proc.returncode == 0
     screened = pd.read_csv(tmp_path / "v.csv")
     evaluated = pd.read_csv(repo / f"artifacts/predictions/{selected}.csv")
@@ -410,8 +456,14 @@ def run_prune(repo, work, params):
     """The prune stage itself, on the tiny repo's data and models, with `params`, in `work`; returns its metrics."""
     work.mkdir(exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    args = [repo / "data/prepared", repo / "artifacts/student_kd/model.pt", repo / "artifacts/teacher/model.pt",
-            work / "out", work / "live", work / "m.json"]  # fmt: skip
+    args = [
+        repo / "data/prepared",
+        repo / "artifacts/student_kd/model.pt",
+        repo / "artifacts/teacher/model.pt",
+        work / "out",
+        work / "live",
+        work / "m.json",
+    ]
     sh([sys.executable, "-m", "stages.prune", *map(str, args)], work, env={"PYTHONPATH": str(ROOT)})
     return json.loads((work / "m.json").read_text())
 
@@ -463,10 +515,25 @@ def test_plots_render_offline_with_data(repo, tmp_path):
     dvc("plots", "show", "-o", str(tmp_path / "html"), cwd=repo)
     page = (tmp_path / "html" / "index.html").read_text()
     assert "cdn.jsdelivr.net" not in page
-    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--dump-dom",
-                           (tmp_path / "html" / "index.html").as_uri()], capture_output=True, text=True, timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            (tmp_path / "html" / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     dom = proc.stdout
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
     vega_plots = [p for p in spec["plots"] if isinstance(p, dict)]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from stages.lib import comparison, precision
+from stages.lib.report import comparison, precision
 from tests.test_report import GUARDS, bench, evaluated, predictions, rounds
 
 
@@ -17,15 +17,35 @@ def test_each_recipe_is_paired_with_its_own_ort_fp32_and_ptq_hurt_comes_from_val
         "teacher_int8_static_pt": np.clip(rng.normal(0.45 + 0.1 * labels, 0.15), 0, 1),  # collapsed
     }
     preds = {v: predictions(labels, s) for v, s in scores.items()}
-    lat = {"teacher_torch_fp32": 20.0, "teacher_ort_fp32": 10.0, "teacher_int8_static_pc": 4.0,
-           "teacher_int8_static_pt": 4.0}  # fmt: skip
-    ev = comparison.Evidence({v: evaluated(p) for v, p in preds.items()}, {v: bench(ms, 10) for v, ms in lat.items()},
-                             rounds(lat), preds, draws=300, seed=0, threads=2)  # fmt: skip
+    lat = {
+        "teacher_torch_fp32": 20.0,
+        "teacher_ort_fp32": 10.0,
+        "teacher_int8_static_pc": 4.0,
+        "teacher_int8_static_pt": 4.0,
+    }
+    ev = comparison.Evidence(
+        {v: evaluated(p) for v, p in preds.items()},
+        {v: bench(ms, 10) for v, ms in lat.items()},
+        rounds(lat),
+        preds,
+        draws=300,
+        seed=0,
+        threads=2,
+    )
     table = comparison.build_table(ev, "teacher_torch_fp32")
-    quantized = {"teacher_int8_static_pc": {"kind": "ort_static", "ptq_hurt": False, "val_auroc_delta_pt": -0.2},
-                 "teacher_int8_static_pt": {"kind": "ort_static", "ptq_hurt": True, "val_auroc_delta_pt": -21.0}}  # fmt: skip
-    rows = precision.rows(ev, table, ["teacher"], ["torch_fp32", "ort_fp32", "int8_static_pc", "int8_static_pt",
-                                                  "fp16"], "teacher_torch_fp32", GUARDS, quantized)  # fmt: skip
+    quantized = {
+        "teacher_int8_static_pc": {"kind": "ort_static", "ptq_hurt": False, "val_auroc_delta_pt": -0.2},
+        "teacher_int8_static_pt": {"kind": "ort_static", "ptq_hurt": True, "val_auroc_delta_pt": -21.0},
+    }
+    rows = precision.rows(
+        ev,
+        table,
+        ["teacher"],
+        ["torch_fp32", "ort_fp32", "int8_static_pc", "int8_static_pt", "fp16"],
+        "teacher_torch_fp32",
+        GUARDS,
+        quantized,
+    )
     by = {r["recipe"]: r for r in rows}
     assert list(by) == ["torch_fp32", "ort_fp32", "int8_static_pc", "int8_static_pt"]  # fp16 absent: left out
     assert "auroc_vs_fp32_pt" not in by["ort_fp32"]  # the twin is not paired with itself

@@ -10,14 +10,24 @@ import yaml
 
 from stages.lib import models, pruning, schema
 from stages.lib.params import ParamError
+from stages.lib.pruning import greedy
 
 SIZE = 64
 SCOPES = sorted(schema.SCHEMA["prune"]["scope"])
 
 
 def config(**kw):
-    cfg = {"importance": "l2", "scope": "uniform", "ratio": 0.4, "max_ratio": 0.8, "iterative_steps": 1,
-           "round_to": 8, "epochs": 1, "lr_scale": 0.3, "taylor_batches": 1}  # fmt: skip
+    cfg = {
+        "importance": "l2",
+        "scope": "uniform",
+        "ratio": 0.4,
+        "max_ratio": 0.8,
+        "iterative_steps": 1,
+        "round_to": 8,
+        "epochs": 1,
+        "lr_scale": 0.3,
+        "taylor_batches": 1,
+    }
     return {**cfg, **kw}
 
 
@@ -110,11 +120,11 @@ def test_greedy_search_cuts_first_where_the_outputs_move_least_per_mac(caplog):
             s * c for s, c in zip(steps, cost, strict=True)
         )
 
-    ratios, macs, dist, rounds = pruning.greedy_search(3, trial, 1000, 910, 0.1, 0.3)
+    ratios, macs, dist, rounds = greedy.greedy_search(3, trial, 1000, 910, 0.1, 0.3)
     assert ratios == [0.3, 0.0, 0.3] and macs == 910 and dist == pytest.approx(4.5)
     assert rounds[:3] == [[0.0, 0.0, 0.1], [0.0, 0.0, 0.2], [0.0, 0.0, 0.3]] and len(rounds) == 6
     # a target beyond what the cap allows: every stage at the cap, and a warning, not a loop
-    ratios, macs, _, _ = pruning.greedy_search(3, trial, 1000, 800, 0.1, 0.3)
+    ratios, macs, _, _ = greedy.greedy_search(3, trial, 1000, 800, 0.1, 0.3)
     assert ratios == [0.3, 0.0, 0.3] and macs == 910 and "no stage can be cut further" in caplog.text
 
 

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from stages import sparsify
-from stages.lib import models, sparsity
+from stages.lib import models
 from stages.lib.params import ParamError
+from stages.lib.pruning import sparsity
 
 SIZE = 64
 

@@ -4,7 +4,7 @@ ratio that is distinguishably worse, plot and markdown (synthetic scores, real b
 import numpy as np
 import pytest
 
-from stages.lib import comparison, sweep
+from stages.lib.report import comparison, sweep
 from tests.test_report import GUARDS, bench, evaluated, predictions, rounds
 
 
@@ -24,18 +24,25 @@ def evidence():
             lat[v] = (3.0 - 0.5 * i) / (3 if recipe == "int8" else 1)
             benches[v] = bench(lat[v], 5)
     preds["teacher_fp32"], lat["teacher_fp32"], benches["teacher_fp32"] = preds["student_kd_int8"], 10, bench(10, 20)
-    return comparison.Evidence({v: evaluated(p) for v, p in preds.items()}, benches, rounds(lat), preds, draws=300,
-                               seed=0, threads=2)  # fmt: skip
+    return comparison.Evidence(
+        {v: evaluated(p) for v, p in preds.items()}, benches, rounds(lat), preds, draws=300, seed=0, threads=2
+    )
 
 
 PRUNED = {
     "student_pruned": {"ratio": 0.3, "macs_before_m": 100.0, "macs_after_m": 50.0, "source_model": "student_kd"},
     "student_pruned_r10": {"ratio": 0.1, "macs_before_m": 100.0, "macs_after_m": 81.0, "source_model": "student_kd"},
     "student_pruned_r50": {"ratio": 0.5, "macs_before_m": 100.0, "macs_after_m": 25.0, "source_model": "student_kd"},
-    "student_sparse24": {"pattern": "2:4", "sparsity_all_weights": 0.45, "size_dense_mb": 13.0,
-                         "size_deflate_mb": 9.0, "size_bitmask_mb": 7.5, "val_auroc": 0.9,
-                         "gpu_2_4": {"skipped": "no CUDA device"}},
-}  # fmt: skip
+    "student_sparse24": {
+        "pattern": "2:4",
+        "sparsity_all_weights": 0.45,
+        "size_dense_mb": 13.0,
+        "size_deflate_mb": 9.0,
+        "size_bitmask_mb": 7.5,
+        "val_auroc": 0.9,
+        "gpu_2_4": {"skipped": "no CUDA device"},
+    },
+}
 
 
 def test_variants_split_into_model_and_recipe_by_the_longest_model_name():

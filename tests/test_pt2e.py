@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages.lib import models, params, pt2e
-from tests.test_quantization import crops
+from stages.lib import models, params
+from stages.lib.quantization import pt2e
+from tests.test_quantization import VNNI, crops
+
+MIN_TOP1 = 0.75 if VNNI else 0.65  # FP32 and INT8 numerics differ by CPU: tests/test_quantization.py
 
 
 def test_pt2e_int8_file_loads_runs_compiled_and_agrees_with_fp32(tmp_path):
@@ -22,9 +25,9 @@ def test_pt2e_int8_file_loads_runs_compiled_and_agrees_with_fp32(tmp_path):
     compiled = runner(x)
 
     assert compiled.shape == (24, 1000)
-    assert np.mean(eager.argmax(1) == fp32.argmax(1)) >= 0.75  # 1000-way top-1 on hard crops
-    assert np.mean(compiled.argmax(1) == fp32.argmax(1)) >= 0.75
-    assert np.mean(compiled.argmax(1) == eager.argmax(1)) >= 0.9  # oneDNN int8 kernels vs the reference ops
+    assert np.mean(eager.argmax(1) == fp32.argmax(1)) >= MIN_TOP1  # 1000-way top-1 on hard crops
+    assert np.mean(compiled.argmax(1) == fp32.argmax(1)) >= MIN_TOP1
+    assert np.mean(compiled.argmax(1) == eager.argmax(1)) >= (0.9 if VNNI else 0.8)  # oneDNN int8 vs reference ops
     assert any((tmp_path / "inductor").iterdir())  # compiled kernels cached where we asked
     assert runner.settings["inductor_cache_dir"] == str((tmp_path / "inductor").resolve())
     # int8 weights: well under the float32 checkpoint; BatchNorm folded, so slightly fewer weights

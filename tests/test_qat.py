@@ -4,7 +4,9 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_images
 
-from stages.lib import models, params, qat, runtime
+from stages.lib import models, params, runtime
+from stages.lib.quantization import qat
+from tests.test_quantization import VNNI
 
 
 def two_photo_crops(n, size, seed):
@@ -34,8 +36,9 @@ def test_qat_fine_tunes_with_kd_and_its_onnx_export_agrees_in_onnxruntime(tmp_pa
     x_val = val_xy[0].float().numpy() / 255
 
     model = qat.prepare(student, x_val[:2])
-    model, best = qat.fine_tune(model, train_xy, val_xy, recipe, tmp_path / "live", base,
-                                teacher=teacher, kd={"temperature": 2.0, "alpha": 0.5})  # fmt: skip
+    model, best = qat.fine_tune(
+        model, train_xy, val_xy, recipe, tmp_path / "live", base, teacher=teacher, kd={"temperature": 2.0, "alpha": 0.5}
+    )
     assert best["best_epoch"] == 1
     path = qat.export_onnx(model, tmp_path / "qat.onnx", size)
 
@@ -48,7 +51,8 @@ def test_qat_fine_tunes_with_kd_and_its_onnx_export_agrees_in_onnxruntime(tmp_pa
     ort_logits = runtime.load_runner(path, "onnxruntime", threads=1)(x_val)
     assert stats["qat_onnx_top1_agreement"] >= 0.9, (stats, fq_logits, ort_logits)
     assert stats["qat_onnx_max_logit_diff"] == pytest.approx(np.abs(fq_logits - ort_logits).max(), abs=1e-3)
-    assert stats["qat_onnx_max_logit_diff"] < 0.25 * np.abs(fq_logits).max(), stats
+    # ORT runs the learned 8-bit weights; without VNNI its u8s8 kernels saturate a little more (AVX2: 0.29)
+    assert stats["qat_onnx_max_logit_diff"] < (0.25 if VNNI else 0.35) * np.abs(fq_logits).max(), stats
 
     # ORT's own QDQ graph of the QAT weights: re-calibrated ranges, so looser, but still the same model
     ort_path = qat.export(model, student, tmp_path / "qat_ort.onnx", size, x_val[:16], route="ort")

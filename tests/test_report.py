@@ -2,21 +2,33 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.lib import comparison, metrics, runtime, writeup
+from stages.lib import metrics, runtime
+from stages.lib.report import comparison, writeup
 
 NAMES = metrics.binary_ci_names(0.95, [1, 5])
 GUARDS = ["auroc", "fpr_at_recall_95pct"]
 
 
 def predictions(labels, score, threshold=0.5):
-    return pd.DataFrame({"sha256": np.arange(len(labels)).astype(str), "label": labels,
-                         "pred": (score >= threshold).astype(int), "score": score})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "sha256": np.arange(len(labels)).astype(str),
+            "label": labels,
+            "pred": (score >= threshold).astype(int),
+            "score": score,
+        }
+    )
 
 
 def evaluated(pred, test_sha="abc"):
     y, s, p = pred["label"].to_numpy(), pred["score"].to_numpy(), pred["pred"].to_numpy()
-    m = {**metrics.binary_metrics(s, y, 0.5), "task": "binary", "ap": metrics.average_precision(s, y),
-         "test_sha256": test_sha, "target_recall": 0.95}  # fmt: skip
+    m = {
+        **metrics.binary_metrics(s, y, 0.5),
+        "task": "binary",
+        "ap": metrics.average_precision(s, y),
+        "test_sha256": test_sha,
+        "target_recall": 0.95,
+    }
     m["fpr_at_recall_95pct"] = metrics.fpr_at_recall(s, y, 0.95)
     m["recall_at_fpr_1pct"], m["recall_at_fpr_5pct"] = (
         metrics.recall_at_fpr(s, y, 0.01),
@@ -26,20 +38,34 @@ def evaluated(pred, test_sha="abc"):
 
 
 def bench(latency, size):
-    return {"latency_ms_p50": latency, "latency_ms_p50_ci95": [latency * 0.98, latency * 1.02],
-            "latency_ms_p50_cov_pct": 1.0, "latency_ms_p90": latency * 1.2, "latency_ms_p99": latency * 1.3,
-            "throughput_img_s": 1000 / latency, "size_mb": size, "param_count": 1_000_000, "peak_rss_mb": 100,
-            "cost_usd_per_1m_images": 0.1, "runtime": "onnxruntime", "fingerprint_id": "x",
-            "settings": {**runtime.ORT_CPU, "threads": 2, "onnxruntime": "1.0"}}  # fmt: skip
+    return {
+        "latency_ms_p50": latency,
+        "latency_ms_p50_ci95": [latency * 0.98, latency * 1.02],
+        "latency_ms_p50_cov_pct": 1.0,
+        "latency_ms_p90": latency * 1.2,
+        "latency_ms_p99": latency * 1.3,
+        "throughput_img_s": 1000 / latency,
+        "size_mb": size,
+        "param_count": 1_000_000,
+        "peak_rss_mb": 100,
+        "cost_usd_per_1m_images": 0.1,
+        "runtime": "onnxruntime",
+        "fingerprint_id": "x",
+        "settings": {**runtime.ORT_CPU, "threads": 2, "onnxruntime": "1.0"},
+    }
 
 
 def rounds(latencies, noise=0.02, n=5, seed=0):
     """Per-round p50 rows; a shared per-round factor (the machine's mood) multiplies every variant."""
     rng = np.random.default_rng(seed)
     mood = 1 + rng.normal(0, 0.2, n)
-    return pd.DataFrame([{"round": r + 1, "variant": v, "threads": 2,
-                          "latency_ms_p50": ms * mood[r] * (1 + rng.normal(0, noise))}
-                         for v, ms in latencies.items() for r in range(n)])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"round": r + 1, "variant": v, "threads": 2, "latency_ms_p50": ms * mood[r] * (1 + rng.normal(0, noise))}
+            for v, ms in latencies.items()
+            for r in range(n)
+        ]
+    )
 
 
 @pytest.fixture
@@ -55,9 +81,15 @@ def evidence():
         "pruned": predictions(labels, broken),
     }
     lat = {"teacher": 10.0, "int8": 1.0, "pruned": 0.5}
-    return comparison.Evidence({v: evaluated(p) for v, p in preds.items()},
-                               {"teacher": bench(10, 20), "int8": bench(1, 5), "pruned": bench(0.5, 2)},
-                               rounds(lat), preds, draws=300, seed=0, threads=2)  # fmt: skip
+    return comparison.Evidence(
+        {v: evaluated(p) for v, p in preds.items()},
+        {"teacher": bench(10, 20), "int8": bench(1, 5), "pruned": bench(0.5, 2)},
+        rounds(lat),
+        preds,
+        draws=300,
+        seed=0,
+        threads=2,
+    )
 
 
 def test_deltas_speedups_and_verdicts(evidence):
@@ -122,20 +154,50 @@ def test_refuses_different_test_sets_half_measured_variants_and_unknown_referenc
 
 def test_report_markdown_reads_everything_from_the_table(evidence):
     table = comparison.build_table(evidence, "teacher")
-    steps = {"int8": {"before": "teacher", "after": "int8", "delta": evidence.compare("int8", "teacher")},
-             "pruning": {"before": "int8", "after": "pruned", "delta": evidence.compare("pruned", "int8")}}  # fmt: skip
+    steps = {
+        "int8": {"before": "teacher", "after": "int8", "delta": evidence.compare("int8", "teacher")},
+        "pruning": {"before": "int8", "after": "pruned", "delta": evidence.compare("pruned", "int8")},
+    }
     pick, rule = comparison.recommend(table, GUARDS)
-    fp = {"id": "abc123", "cpu": "Test CPU", "cpu_id": "x/1/2/3", "usable_cpus": 2, "memory_gib": 8,
-          "cpu_flags": ["avx2"], "gpus": [], "os": "Linux", "python": "3.11", "libraries": {"onnxruntime": "1"}}  # fmt: skip
+    fp = {
+        "id": "abc123",
+        "cpu": "Test CPU",
+        "cpu_id": "x/1/2/3",
+        "usable_cpus": 2,
+        "memory_gib": 8,
+        "cpu_flags": ["avx2"],
+        "gpus": [],
+        "os": "Linux",
+        "python": "3.11",
+        "libraries": {"onnxruntime": "1"},
+    }
     bench_json = {"variants": evidence.benchmarked, "rounds": 5, "threads": [1, 2], "batch_size": 32}
-    prepared = {"n_images": 1200, "test_images": 400, "test_defect": 120, "test_good": 280, "val_defect": 120,
-                **{f"{s}_images": 400 for s in ("train", "val")}}  # fmt: skip
-    params = {"prepare": {"dataset": "elpv", "val_fraction": 0.15, "test_fraction": 0.15},
-              "base": {"image_size": 128, "seed": 42}}  # fmt: skip
-    ctx = {"reference": "teacher", "guards": GUARDS, "names": ["recall", "fpr", "auroc", "fpr_at_recall_95pct"],
-           "steps": steps, "recommended": pick, "rule": rule, "fingerprint": fp, "bench": bench_json,
-           "prepared": prepared, "info": {"task": "binary", "classes": ["good", "defect"]}, "params": params,
-           "target_recall": 0.95}  # fmt: skip
+    prepared = {
+        "n_images": 1200,
+        "test_images": 400,
+        "test_defect": 120,
+        "test_good": 280,
+        "val_defect": 120,
+        **{f"{s}_images": 400 for s in ("train", "val")},
+    }
+    params = {
+        "prepare": {"dataset": "elpv", "val_fraction": 0.15, "test_fraction": 0.15},
+        "base": {"image_size": 128, "seed": 42},
+    }
+    ctx = {
+        "reference": "teacher",
+        "guards": GUARDS,
+        "names": ["recall", "fpr", "auroc", "fpr_at_recall_95pct"],
+        "steps": steps,
+        "recommended": pick,
+        "rule": rule,
+        "fingerprint": fp,
+        "bench": bench_json,
+        "prepared": prepared,
+        "info": {"task": "binary", "classes": ["good", "defect"]},
+        "params": params,
+        "target_recall": 0.95,
+    }
     text = writeup.render(table, ctx)
     assert "first that costs quality is **pruning**" in text
     assert f"**`{pick}`**" in text and "abc123" in text and "▼" in text

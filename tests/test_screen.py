@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from stages.lib import data, datasets, deploy, images
+from stages.lib import data, deploy
+from stages.lib.data import datasets, images
 from tests.conftest import ROOT
 
 SIZE = 32
@@ -31,17 +32,27 @@ def brightness_model(path):
         helper.make_tensor("b", TensorProto.FLOAT, [2], [5.0, -5.0]),
     ]
     graph = helper.make_graph(
-        nodes, "brightness", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], inits,
-    )  # fmt: skip
+        nodes,
+        "brightness",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
 
 
 @pytest.fixture
 def bundle(tmp_path):
     brightness_model(tmp_path / "src.onnx")
-    meta = {"variant": "tiny", "task": "binary", "classes": ["good", "defect"], "threshold": 0.5,
-            "input_size": SIZE, "decoding": deploy.decoding_rules(SIZE, 64), "benchmark": {"threads": 1}}  # fmt: skip
+    meta = {
+        "variant": "tiny",
+        "task": "binary",
+        "classes": ["good", "defect"],
+        "threshold": 0.5,
+        "input_size": SIZE,
+        "decoding": deploy.decoding_rules(SIZE, 64),
+        "benchmark": {"threads": 1},
+    }
     deploy.write_bundle(tmp_path / "deploy", tmp_path / "src.onnx", meta)
     return tmp_path / "deploy"
 
@@ -60,8 +71,9 @@ def mixed_folder(folder):
 
 
 def run_screen(*args):
-    return subprocess.run([sys.executable, "-m", "stages.screen", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "stages.screen", *map(str, args)], cwd=ROOT, capture_output=True, text=True
+    )
 
 
 def test_screen_mixed_folder_gives_verdicts_lists_broken_files_and_exits_nonzero(bundle, tmp_path):
@@ -71,7 +83,11 @@ def test_screen_mixed_folder_gives_verdicts_lists_broken_files_and_exits_nonzero
     assert proc.returncode == 2, proc.stderr
     rows = {r["path"].split("line/")[1]: r for r in csv.DictReader(out.open())}
     assert {k: r["verdict"] for k, r in rows.items()} == {
-        "dark.png": "good", "dark_rgba.png": "good", "bright16.png": "defect", "sub/bright.jpg": "defect"}  # fmt: skip
+        "dark.png": "good",
+        "dark_rgba.png": "good",
+        "bright16.png": "defect",
+        "sub/bright.jpg": "defect",
+    }
     assert rows["dark.png"]["sha256"] == deploy.sha256_file(tmp_path / "line" / "dark.png")
     skipped = {r["path"].split("line/")[1] for r in csv.DictReader(out.with_suffix(".skipped.csv").open())}
     assert skipped == {"truncated.png", "sub/not_an_image.bmp"}
@@ -91,11 +107,17 @@ def test_clean_input_exits_zero(bundle, tmp_path):
 
 def test_screen_never_imports_torch(bundle, tmp_path):
     Image.fromarray(np.full((20, 20), 10, np.uint8)).save(tmp_path / "a.png")
-    code = ("import runpy, sys\nsys.argv = ['screen', sys.argv[1], sys.argv[2], '--out', sys.argv[3]]\n"
-            "try:\n    runpy.run_module('stages.screen', run_name='__main__')\nfinally:\n"
-            "    print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')\n")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code, str(bundle), str(tmp_path / "a.png"), str(tmp_path / "v.csv")],
-                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    code = (
+        "import runpy, sys\nsys.argv = ['screen', sys.argv[1], sys.argv[2], '--out', sys.argv[3]]\n"
+        "try:\n    runpy.run_module('stages.screen', run_name='__main__')\nfinally:\n"
+        "    print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(bundle), str(tmp_path / "a.png"), str(tmp_path / "v.csv")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("NO_TORCH"), proc.stdout + proc.stderr
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from stages.lib import selection, thresholds
+from stages.lib.deploy import selection
+from stages.lib.metrics import thresholds
 from stages.lib.params import ParamError
 
 
@@ -47,8 +48,15 @@ def variant(runtime, recall_lb, fpr, auroc, ms, mb, rss):
     return ev, bench
 
 
-SEL = {"min_recall": 0.9, "max_fpr": None, "max_latency_ms": None, "max_size_mb": None, "max_peak_rss_mb": None,
-       "objective": "latency", "screen_images": 10}  # fmt: skip
+SEL = {
+    "min_recall": 0.9,
+    "max_fpr": None,
+    "max_latency_ms": None,
+    "max_size_mb": None,
+    "max_peak_rss_mb": None,
+    "objective": "latency",
+    "screen_images": 10,
+}
 VARIANTS = {
     "teacher_fp32": variant("torch", 0.95, 0.2, 0.95, 10.0, 18.0, 1000),
     "teacher_ort": variant("onnxruntime", 0.95, 0.2, 0.95, 4.0, 18.0, 150),
@@ -81,8 +89,10 @@ def test_constraints_change_the_pick():
 
 
 def test_ties_in_latency_go_to_the_higher_validation_auroc():
-    a = {"a": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.9},
-         "b": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.95}}  # fmt: skip
+    a = {
+        "a": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.9},
+        "b": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.95},
+    }
     assert selection.pick(a) == "b"
     a["b"]["val_auroc"] = float("nan")  # undefined AUROC (a class missing from validation) ranks last
     assert selection.pick(a, "auroc") == "a" and selection.pick(a) == "a"

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from stages.lib.datasets import stratified_split, subsample
+from stages.lib.data.splitting import stratified_split, subsample
 
 
 def strata(n=600, seed=0):

@@ -8,8 +8,9 @@ import sys
 import pytest
 import yaml
 
-from stages.lib import schema, sparsity, training
+from stages.lib import schema, training
 from stages.lib.params import ParamError, load
+from stages.lib.pruning import sparsity
 from tests.test_pipeline_e2e import TINY, set_params
 
 

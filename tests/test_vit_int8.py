@@ -6,7 +6,9 @@ import pytest
 import timm
 import torch
 
-from stages.lib import families, models, quantization, recipes, runtime
+from stages.lib import models, quantization, runtime
+from stages.lib.models import families
+from stages.lib.quantization import recipes
 from tests.conftest import SHARED
 from tests.test_quantization import crops
 
@@ -18,8 +20,13 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"ViT-Tiny weights
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
     torch.manual_seed(0)
-    net = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=2, img_size=SIZE,
-                            pretrained_cfg_overlay={"file": str(WEIGHTS)})  # fmt: skip
+    net = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=True,
+        num_classes=2,
+        img_size=SIZE,
+        pretrained_cfg_overlay={"file": str(WEIGHTS)},
+    )
     cfg = net.pretrained_cfg
     model = models.Classifier(net, list(cfg["mean"]), list(cfg["std"]))
     x = crops(48, SIZE, seed=3)

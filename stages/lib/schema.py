@@ -123,12 +123,15 @@ def check(params, sections):
         raise ParamError(f"params.yaml holds {type(params).__name__}; expected a mapping of sections {sorted(SCHEMA)}")
     for section in params:  # a stray section (a typo in `dvc exp run -S`) is read by no stage
         if section not in SCHEMA:
-            raise ParamError(f"params.yaml section {section!r} is not a known section{suggest(section, SCHEMA)}; "
-                             f"expected {sorted(SCHEMA)}")  # fmt: skip
+            raise ParamError(
+                f"params.yaml section {section!r} is not a known section{suggest(section, SCHEMA)}; "
+                f"expected {sorted(SCHEMA)}"
+            )
     for section in sections:
         if section not in params:
-            raise ParamError(f"params.yaml has no section {section!r}{suggest(section, params)}; "
-                             f"this stage reads {list(sections)}")  # fmt: skip
+            raise ParamError(
+                f"params.yaml has no section {section!r}{suggest(section, params)}; this stage reads {list(sections)}"
+            )
         check_section(section, params[section])
     return params
 
@@ -149,8 +152,9 @@ def check_keys(where, values, allowed, required=None):
     """Unknown keys (with the closest known one) and missing ones; `required` defaults to all of `allowed`."""
     for key in values:
         if key not in allowed:
-            raise ParamError(f"{where}.{key} is not a known key{suggest(key, allowed, f'{where}.')}; "
-                             f"{where} takes {sorted(allowed)}")  # fmt: skip
+            raise ParamError(
+                f"{where}.{key} is not a known key{suggest(key, allowed, f'{where}.')}; {where} takes {sorted(allowed)}"
+            )
     for key in sorted(allowed if required is None else required):
         if key not in values:
             raise ParamError(f"{where}.{key} is missing; {where} needs {sorted(allowed)}")

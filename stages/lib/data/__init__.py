@@ -3,6 +3,9 @@
 The prepared dataset is a folder of PNG images plus `manifest.csv`
 (path, label, split, sha256 and every per-image attribute the dataset has).
 Everything downstream reads the manifest, so all models see the same split.
+
+torch is imported inside the functions that make tensors: `screen` reads raw files through
+`stages.lib.data.images` and must run without it.
 """
 
 import logging
@@ -10,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from stages.lib import errors
@@ -39,6 +41,8 @@ def read_manifest(prepared_dir):
 
 def load_split(prepared_dir, split, image_size, limit=None):
     """One split as (uint8 RGB tensor N x 3 x S x S, int64 labels N), resized once in memory."""
+    import torch
+
     rows = read_manifest(prepared_dir).query("split == @split")
     if limit:
         rows = rows.iloc[:limit]
@@ -60,6 +64,8 @@ def to_float(x_uint8):
 
 def augment(x, generator):
     """Random horizontal and vertical flips per image: defects keep their label under flips."""
+    import torch
+
     flip_h = torch.rand(len(x), generator=generator) < 0.5
     flip_v = torch.rand(len(x), generator=generator) < 0.5
     x = x.clone()
@@ -69,6 +75,8 @@ def augment(x, generator):
 
 
 def batches(x, y, batch_size, shuffle=False, generator=None):
+    import torch
+
     order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]

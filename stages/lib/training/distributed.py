@@ -58,8 +58,16 @@ def launch(processes):
     if processes <= 1:
         return
     module = sys.modules["__main__"].__spec__.name  # stages are run as `python -m stages.<stage>`
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-           "-m", module, *sys.argv[1:]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        module,
+        *sys.argv[1:],
+    ]
     threads = max(1, torch.get_num_threads() // processes)  # base.threads, shared by the processes
     raise SystemExit(subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}))
 

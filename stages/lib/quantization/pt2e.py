@@ -149,11 +149,16 @@ class Pt2eRunner:
         self.model = torch.compile(program.module(), dynamic=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.param_count = weight_count(program)
-        self.settings = {"threads": threads, "interop_threads": torch.get_num_interop_threads(),
-                         "channels_last": channels_last, "device": device, "torch": torch.__version__,
-                         "mode": "pt2e int8, torch.compile(inductor, freezing, dynamic=False), no_grad",
-                         "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"),
-                         "torchao": _torchao_version()}  # fmt: skip
+        self.settings = {
+            "threads": threads,
+            "interop_threads": torch.get_num_interop_threads(),
+            "channels_last": channels_last,
+            "device": device,
+            "torch": torch.__version__,
+            "mode": "pt2e int8, torch.compile(inductor, freezing, dynamic=False), no_grad",
+            "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"),
+            "torchao": _torchao_version(),
+        }
 
     def __call__(self, x):
         with torch.no_grad():

@@ -18,8 +18,10 @@ from dvclive import Live
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from stages.lib import checkpoints, data, distributed, families, models, params, reparam
+from stages.lib import data, models, params
+from stages.lib.models import families, reparam
 from stages.lib.outputs import write_json
+from stages.lib.training import checkpoints, distributed
 
 log = logging.getLogger(__name__)
 UNFUSE_IMAGES = 64  # training images on which an unfused block's BatchNorm is set (reparam.unfuse)
@@ -110,9 +112,13 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
         for epoch in range(len(history), recipe["epochs"]):
             model.train()
             losses = []
-            bar = tqdm(data.batches(x_train, y_train, recipe["batch_size"], shuffle=True, generator=gen),
-                       total=-(-len(x_train) // recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}",
-                       leave=False, disable=rank != 0)  # fmt: skip
+            bar = tqdm(
+                data.batches(x_train, y_train, recipe["batch_size"], shuffle=True, generator=gen),
+                total=-(-len(x_train) // recipe["batch_size"]),
+                desc=f"epoch {epoch + 1}/{recipe['epochs']}",
+                leave=False,
+                disable=rank != 0,
+            )
             for xb, yb in bar:
                 xb = data.augment(xb, gen)  # the whole batch, so every rank's generator stays in step
                 if world_size > 1:
@@ -141,18 +147,27 @@ def fit(model, train_xy, val_xy, recipe, live_dir, base, teacher=None, kd=None):
             val_auroc = auroc(y_val.numpy(), val_prob)
             val_loss = float(F.nll_loss(torch.from_numpy(val_prob).clamp_min(1e-7).log(), y_val))
             train_loss = distributed.mean(float(np.mean(losses)))
-            logged = {"train/loss": train_loss, "val/loss": val_loss, "val/auroc": val_auroc,
-                      "lr": sched.get_last_lr()[0]}  # fmt: skip
+            logged = {
+                "train/loss": train_loss,
+                "val/loss": val_loss,
+                "val/auroc": val_auroc,
+                "lr": sched.get_last_lr()[0],
+            }
             for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()
-            log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f", epoch + 1, recipe["epochs"],
-                     train_loss, val_loss, val_auroc)  # fmt: skip
+            log.info(
+                "epoch %d/%d train_loss %.4f val_loss %.4f val_auroc %.4f",
+                epoch + 1,
+                recipe["epochs"],
+                train_loss,
+                val_loss,
+                val_auroc,
+            )
             # Best epoch: highest val AUROC; ties (AUROC saturates at 1.0 on easy data) go to lower val loss.
             key = (val_auroc, -val_loss)
             if key > best["key"]:
-                best = {"key": key, "auroc": val_auroc, "epoch": epoch + 1,
-                        "state": copy.deepcopy(model.state_dict())}  # fmt: skip
+                best = {"key": key, "auroc": val_auroc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
             history.append(logged)
             if rank == 0:
                 checkpoints.save(ckpt, model, opt, sched, gen, best, history)
@@ -218,8 +233,13 @@ def supervised_main(stage, doc, model_section=None, distill=False):
     if distill:
         teacher, card = frozen_teacher(args.teacher)
         kd = p[stage]
-        log.info("teacher %s (val_auroc %.4f) frozen; T=%s alpha=%s", card["arch"], card["val_auroc"],
-                 kd["temperature"], kd["alpha"])  # fmt: skip
+        log.info(
+            "teacher %s (val_auroc %.4f) frozen; T=%s alpha=%s",
+            card["arch"],
+            card["val_auroc"],
+            kd["temperature"],
+            kd["alpha"],
+        )
     run(stage, p, args.data_dir, args.out_dir, args.live_dir, args.metrics, spec["model"], spec["weights"], teacher, kd)
 
 
@@ -246,5 +266,7 @@ def run(stage, p, data_dir, out_dir, live_dir, metrics_path, model_name, weights
         return  # rank 0 writes the outputs
     card = models.save(out_dir, model, {**models.make_card(model_name, weights, size, model, classes), **best})
     adapted = {k: card[k] for k in ("adapted_to_input", "reparameterized") if k in card}  # ViT grid, MobileOne
-    write_json(metrics_path, {**best, "lr": recipe["lr"], **adapted, "param_count": card["param_count"],
-                              "train_minutes": round(minutes, 2)})  # fmt: skip
+    write_json(
+        metrics_path,
+        {**best, "lr": recipe["lr"], **adapted, "param_count": card["param_count"], "train_minutes": round(minutes, 2)},
+    )

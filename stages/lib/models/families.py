@@ -21,7 +21,7 @@ TRANSFORMER_ARCHS = (
     "xcit",
     "mobilevit",
     "efficientformer",
-)  # timm name prefixes; fmt: skip
+)  # timm name prefixes
 KEYS = {"lr": float, "prune_importance": str}
 
 

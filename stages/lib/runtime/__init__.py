@@ -17,8 +17,12 @@ RUNTIMES = ("torch", "onnxruntime", "torch_pt2e")  # torch_pt2e: a torchao PT2E 
 # ONNX Runtime CPU settings for every session (evaluate and benchmark alike). Intra-op threads
 # spin-wait between operators (ORT's default): lower, steadier batch-1 latency at the price of
 # CPU time burnt while waiting. One inter-op thread: operators run in sequence.
-ORT_CPU = {"inter_op_num_threads": 1, "execution_mode": "sequential", "graph_optimization": "all",
-           "intra_op_allow_spinning": True}  # fmt: skip
+ORT_CPU = {
+    "inter_op_num_threads": 1,
+    "execution_mode": "sequential",
+    "graph_optimization": "all",
+    "intra_op_allow_spinning": True,
+}
 
 
 class TorchRunner:
@@ -37,9 +41,14 @@ class TorchRunner:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(device, memory_format=self.memory_format)
         self.param_count = models.param_count(self.model)
-        self.settings = {"threads": threads, "interop_threads": torch.get_num_interop_threads(),
-                         "channels_last": channels_last, "mode": "eager, inference_mode", "device": device,
-                         "torch": torch.__version__}  # fmt: skip
+        self.settings = {
+            "threads": threads,
+            "interop_threads": torch.get_num_interop_threads(),
+            "channels_last": channels_last,
+            "mode": "eager, inference_mode",
+            "device": device,
+            "torch": torch.__version__,
+        }
 
     def half(self):
         """FP16 weights and compute (what a GPU runs fast); inputs are cast, logits come back float32."""
@@ -80,8 +89,12 @@ class OrtRunner:
         self.param_count = sum(
             int(np.prod(t.dims)) for t in graph.initializer if not t.name.endswith(("_scale", "_zero_point"))
         )
-        self.settings = {"threads": threads, **ORT_CPU, "providers": self.session.get_providers(),
-                         "onnxruntime": ort.__version__}  # fmt: skip
+        self.settings = {
+            "threads": threads,
+            **ORT_CPU,
+            "providers": self.session.get_providers(),
+            "onnxruntime": ort.__version__,
+        }
 
     def __call__(self, x):
         return self.session.run(None, {self.input: x})[0]
@@ -118,7 +131,7 @@ def read_variant(variant_dir):
 
 def load_runner(path, runtime, threads, device="cpu", channels_last=False):
     if runtime == "torch_pt2e":
-        from stages.lib import pt2e
+        from stages.lib.quantization import pt2e
 
         return pt2e.Pt2eRunner(path, threads, device, channels_last)
     cls = {"torch": TorchRunner, "onnxruntime": OrtRunner}[runtime]

@@ -62,8 +62,11 @@ def check_recipe(key, recipe):
 
 def clusterable(model, min_weights=0):
     """(name, module) of every Conv2d and Linear with at least `min_weights` weights: the layers clustered."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.numel() >= min_weights]  # fmt: skip
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.numel() >= min_weights
+    ]
 
 
 def _weight_key(module_name):
@@ -105,8 +108,12 @@ def cluster_model(model, n_clusters, sample_size=16384, refine_iters=10, min_wei
         codebook, index = kmeans_1d(w.detach().cpu().numpy(), n_clusters, sample_size, refine_iters, seed)
         w.copy_(torch.from_numpy(codebook[index].reshape(w.shape)).to(w.dtype))
         codebooks[_weight_key(name)] = len(codebook)
-    log.info("clustered %d conv/linear weights to at most %d values each (%d left float32)", len(codebooks),
-             n_clusters, len(clusterable(model)) - len(codebooks))  # fmt: skip
+    log.info(
+        "clustered %d conv/linear weights to at most %d values each (%d left float32)",
+        len(codebooks),
+        n_clusters,
+        len(clusterable(model)) - len(codebooks),
+    )
     return clustered, codebooks
 
 

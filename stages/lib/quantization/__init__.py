@@ -31,8 +31,11 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                       "percentile": CalibrationMethod.Percentile}  # fmt: skip
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 # Entropy (KL) calibration searches thresholds over a histogram of ENTROPY_BINS bins for the one whose
 # 128-level quantization loses least (TensorRT's recipe). quantize_static builds its entropy calibrator
 # with num_bins = num_quantized_bins = 128, which leaves one candidate, the full range: minmax under
@@ -49,9 +52,18 @@ def export_onnx(model, path, image_size, opset=18):
     batch = torch.export.Dim("batch", min=1, max=1024)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
-                          external_data=False, verbose=False)  # fmt: skip
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     strip_debug_info(path)
     return Path(path)
 
@@ -91,8 +103,14 @@ class ImageReader(CalibrationDataReader):
 
 def quantize_int8(fp32_path, int8_path, calib_x, per_channel=True, calibrate_method="minmax", activation_type="uint8"):
     """Static INT8 (QDQ) version of an FP32 ONNX model, calibrated on `calib_x` (N,3,S,S float32)."""
-    return quantize_static_qdq(fp32_path, int8_path, calib_x, per_channel=per_channel,
-                               calibrate_method=calibrate_method, activation_type=activation_type)  # fmt: skip
+    return quantize_static_qdq(
+        fp32_path,
+        int8_path,
+        calib_x,
+        per_channel=per_channel,
+        calibrate_method=calibrate_method,
+        activation_type=activation_type,
+    )
 
 
 def preprocess(fp32_path, out_path):
@@ -101,9 +119,21 @@ def preprocess(fp32_path, out_path):
     return Path(out_path)
 
 
-def quantize_static_qdq(fp32_path, int8_path, calib_x=None, cache=None, per_channel=True, calibrate_method="minmax",
-                        activation_type="uint8", weight_type="int8", reduce_range=False, op_types=None,
-                        exclude=(), only=None, preprocessed=False):  # fmt: skip
+def quantize_static_qdq(
+    fp32_path,
+    int8_path,
+    calib_x=None,
+    cache=None,
+    per_channel=True,
+    calibrate_method="minmax",
+    activation_type="uint8",
+    weight_type="int8",
+    reduce_range=False,
+    op_types=None,
+    exclude=(),
+    only=None,
+    preprocessed=False,
+):
     """Static INT8 (QDQ) of an FP32 ONNX model.
 
     Ranges come from `calib_x` (N,3,S,S float32), or from `cache` (calibration JSON) when that file
@@ -150,21 +180,32 @@ def quantize_static_qdq(fp32_path, int8_path, calib_x=None, cache=None, per_chan
 
 def entropy_ranges(model_path, reader, op_types, scratch):
     """Activation ranges by KL-divergence threshold search on an ENTROPY_BINS-bin histogram."""
-    calibrator = create_calibrator(Path(model_path), op_types, augmented_model_path=scratch / "augmented.onnx",
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})  # fmt: skip
+    calibrator = create_calibrator(
+        Path(model_path),
+        op_types,
+        augmented_model_path=scratch / "augmented.onnx",
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128},
+    )
     calibrator.collect_data(reader)
     return calibrator.compute_data()
 
 
-def quantize_dynamic_int8(fp32_path, int8_path, per_channel=True, weight_type="int8", reduce_range=False,
-                          op_types=None):  # fmt: skip
+def quantize_dynamic_int8(
+    fp32_path, int8_path, per_channel=True, weight_type="int8", reduce_range=False, op_types=None
+):
     """Dynamic INT8: weights quantized offline, activation ranges computed at every call."""
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     prepped = int8_path.with_name(int8_path.stem + "_prep.onnx")
     preprocess(fp32_path, prepped)
-    quantize_dynamic(str(prepped), str(int8_path), op_types_to_quantize=op_types, per_channel=per_channel,
-                     reduce_range=reduce_range, weight_type=WEIGHT_TYPES[weight_type])  # fmt: skip
+    quantize_dynamic(
+        str(prepped),
+        str(int8_path),
+        op_types_to_quantize=op_types,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=WEIGHT_TYPES[weight_type],
+    )
     prepped.unlink()
     return int8_path
 
@@ -195,8 +236,11 @@ def weight_scales(path):
     from onnx import numpy_helper
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    scales = [numpy_helper.to_array(t).size for t in graph.initializer
-              if t.name.endswith("_scale") and t.name.removesuffix("_scale").endswith("weight")]  # fmt: skip
+    scales = [
+        numpy_helper.to_array(t).size
+        for t in graph.initializer
+        if t.name.endswith("_scale") and t.name.removesuffix("_scale").endswith("weight")
+    ]
     found = {"per_channel" if n > 1 else "per_tensor" for n in scales}
     return None if not found else found.pop() if len(found) == 1 else "mixed"
 

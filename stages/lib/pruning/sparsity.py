@@ -171,13 +171,17 @@ def time_semi_structured(model, tokens=4096, repeats=50, device="cuda"):
         x = torch.randn(tokens, dense.shape[1], device=device, dtype=torch.float16)
         try:
             sparse = to_sparse_semi_structured(dense)
-            torch.testing.assert_close(torch.nn.functional.linear(x, sparse), torch.nn.functional.linear(x, dense),
-                                       rtol=1e-2, atol=1e-1)  # fmt: skip
+            torch.testing.assert_close(
+                torch.nn.functional.linear(x, sparse), torch.nn.functional.linear(x, dense), rtol=1e-2, atol=1e-1
+            )
         except (RuntimeError, ValueError, AssertionError) as e:  # shape constraints of the sparse kernels
             skipped[name] = str(e).splitlines()[0][:120]
             continue
-        layers[name] = {"shape": list(dense.shape), "dense_ms": _time(dense, x, repeats),
-                        "sparse_ms": _time(sparse, x, repeats)}  # fmt: skip
+        layers[name] = {
+            "shape": list(dense.shape),
+            "dense_ms": _time(dense, x, repeats),
+            "sparse_ms": _time(sparse, x, repeats),
+        }
     dense_ms = sum(v["dense_ms"] for v in layers.values())
     sparse_ms = sum(v["sparse_ms"] for v in layers.values())
     return {

@@ -163,7 +163,7 @@ def binary_ci_names(target_recall, fixed_fpr_pct):
     return tuple(names + [pct_name("recall_at_fpr", pct / 100) for pct in fixed_fpr_pct])
 
 
-def _draws(labels, pred, score, idx, names, num_classes):
+def resampled(labels, pred, score, idx, names, num_classes):
     """Each metric in `names` on every resample (rows of idx): arrays of shape (draws,)."""
     y, p = labels[idx], pred[idx]
     out = {}
@@ -210,7 +210,7 @@ def resample_index(n, draws, seed):
 def bootstrap_ci(labels, pred, score, names, draws, seed, num_classes=2):
     """95 % percentile intervals: {metric: [low, high]}. Draws where a metric is undefined are dropped."""
     idx = resample_index(len(labels), draws, seed)
-    values = _draws(np.asarray(labels), np.asarray(pred), np.asarray(score), idx, names, num_classes)
+    values = resampled(np.asarray(labels), np.asarray(pred), np.asarray(score), idx, names, num_classes)
     return {k: _interval(v) for k, v in values.items()}
 
 
@@ -222,8 +222,8 @@ def paired_delta_ci(a, b, labels, names, draws, seed, num_classes=2):
     """
     labels = np.asarray(labels)
     idx = resample_index(len(labels), draws, seed)
-    va = _draws(labels, np.asarray(a["pred"]), np.asarray(a["score"]), idx, names, num_classes)
-    vb = _draws(labels, np.asarray(b["pred"]), np.asarray(b["score"]), idx, names, num_classes)
+    va = resampled(labels, np.asarray(a["pred"]), np.asarray(a["score"]), idx, names, num_classes)
+    vb = resampled(labels, np.asarray(b["pred"]), np.asarray(b["score"]), idx, names, num_classes)
     return {k: _interval(va[k] - vb[k]) for k in names}
 
 

@@ -1,6 +1,6 @@
 """Timing one variant in a fresh process, and the statistics over repeated rounds.
 
-The benchmark stage starts `python -m stages.lib.timing ...` once per variant per round,
+The benchmark stage starts `python -m stages.lib.runtime.timing ...` once per variant per round,
 so every measurement gets a cold process (no allocator or cache state carried over from
 another variant) and ONNX Runtime variants never import torch. The process prints one
 JSON line: batch-1 latency percentiles and batch-N throughput at each thread count,
@@ -83,8 +83,9 @@ def main():
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--channels-last", action="store_true")
     a = parser.parse_args()
-    result = run_variant(a.model, a.runtime, a.threads, a.image_size, a.batch_size, a.seconds, a.min_calls,
-                         a.warmup, a.channels_last)  # fmt: skip
+    result = run_variant(
+        a.model, a.runtime, a.threads, a.image_size, a.batch_size, a.seconds, a.min_calls, a.warmup, a.channels_last
+    )
     print(json.dumps(result))
 
 

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.lib import metrics, params, pt2e, quantization, runtime, training
+from stages.lib import metrics, params, quantization, runtime, training
+from stages.lib.quantization import pt2e
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,12 @@ def agreement(qat_model, onnx_path, x_float, threads=1, batch_size=32):
             ort.append(runner(xb))
     fq, ort = np.concatenate(fq), np.concatenate(ort)
     prob_diff = np.abs(runtime.softmax(fq) - runtime.softmax(ort)).max()
-    return {"qat_onnx_top1_agreement": round(float(np.mean(fq.argmax(1) == ort.argmax(1))), 4),
-            "qat_onnx_max_logit_diff": round(float(np.abs(fq - ort).max()), 4),
-            "qat_onnx_max_prob_diff": round(float(prob_diff), 4),
-            "qat_onnx_images": len(fq)}  # fmt: skip
+    return {
+        "qat_onnx_top1_agreement": round(float(np.mean(fq.argmax(1) == ort.argmax(1))), 4),
+        "qat_onnx_max_logit_diff": round(float(np.abs(fq - ort).max()), 4),
+        "qat_onnx_max_prob_diff": round(float(prob_diff), 4),
+        "qat_onnx_images": len(fq),
+    }
 
 
 def quality(probs, labels, target_recall):
@@ -186,8 +189,10 @@ def quality(probs, labels, target_recall):
     labels = np.asarray(labels)
     if probs.shape[1] == 2:
         fpr_name = metrics.pct_name("fpr_at_recall", target_recall)
-        return {"auroc": training.auroc(labels, probs),
-                fpr_name: metrics.fpr_at_recall(probs[:, 1], labels, target_recall)}  # fmt: skip
+        return {
+            "auroc": training.auroc(labels, probs),
+            fpr_name: metrics.fpr_at_recall(probs[:, 1], labels, target_recall),
+        }
     pred = probs.argmax(1)
     recalls = [np.mean(pred[labels == c] == c) for c in np.unique(labels)]
     return {"accuracy": float(np.mean(pred == labels)), "macro_recall": float(np.mean(recalls))}
@@ -209,8 +214,15 @@ def ptq_verdict(labels, fp32_probs, ptq_probs, qat_probs, target_recall, max_dro
             delta = round((value - ref[name]) * 100, 2)
             hurt[tag] |= bool(delta > max_drop_pt if name.startswith("fpr") else delta < -max_drop_pt)
             out[f"val_{name}_{tag}_delta_pt"] = delta
-    out |= {"ptq_hurt": hurt["ptq"], "qat_hurt": hurt["qat"], "qat_recovered": hurt["ptq"] and not hurt["qat"],
-            "max_drop_pt": max_drop_pt}  # fmt: skip
-    log.info("PTQ %s; QAT %s", "hurt" if hurt["ptq"] else "did not hurt",
-             "recovered it" if out["qat_recovered"] else ("hurt too" if hurt["qat"] else "within the rule"))  # fmt: skip
+    out |= {
+        "ptq_hurt": hurt["ptq"],
+        "qat_hurt": hurt["qat"],
+        "qat_recovered": hurt["ptq"] and not hurt["qat"],
+        "max_drop_pt": max_drop_pt,
+    }
+    log.info(
+        "PTQ %s; QAT %s",
+        "hurt" if hurt["ptq"] else "did not hurt",
+        "recovered it" if out["qat_recovered"] else ("hurt too" if hurt["qat"] else "within the rule"),
+    )
     return out

@@ -96,8 +96,9 @@ def layer_sensitivity(float_path, qdq_path, x):
         weights = _weight_names(node, qdq)
         if node.name not in int8 or not weights:
             continue
-        parts = [fake_quant_sqnr(acts[t], s, zp) for (n, _), (t, s, zp) in qparams.items()
-                 if n == node.name and t in acts]  # fmt: skip
+        parts = [
+            fake_quant_sqnr(acts[t], s, zp) for (n, _), (t, s, zp) in qparams.items() if n == node.name and t in acts
+        ]
         parts += [w_sqnr[w] for w in weights if w in w_sqnr]
         noise = sum(10 ** (-s / 10) for s in parts if math.isfinite(s))
         sqnr = math.inf if noise == 0 else -10 * math.log10(noise)

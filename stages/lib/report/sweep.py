@@ -13,11 +13,13 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from stages.lib import comparison, writeup
+from stages.lib.report import comparison, formatting
 
-SPARSE_NOTE = ("Unstructured and 2:4 sparse models are stored dense (zeros inside the weights): PyTorch and ONNX "
-               "Runtime on this CPU compute every zero, so their latency and file size are the dense model's; "
-               "what sparsity buys here is the compressed size below (and 2:4 speed on sparse tensor cores, GPU only).")  # fmt: skip
+SPARSE_NOTE = (
+    "Unstructured and 2:4 sparse models are stored dense (zeros inside the weights): PyTorch and ONNX "
+    "Runtime on this CPU compute every zero, so their latency and file size are the dense model's; "
+    "what sparsity buys here is the compressed size below (and 2:4 speed on sparse tensor cores, GPU only)."
+)
 
 
 def split_variant(variant, models):
@@ -56,10 +58,15 @@ def sweep_table(ev, pruned, guards):
         if baseline not in ev.evaluated:
             continue
         first = next(iter(runs.values()), {})
-        row = {"variant": variant, "model": model, "recipe": recipe, "baseline": baseline,
-               "ratio_pct": round(run["ratio"] * 100) if run else 0,
-               "macs_m": run["macs_after_m"] if run else first.get("macs_before_m"),
-               "latency_ms_p50": ev.benchmarked[variant]["latency_ms_p50"]}  # fmt: skip
+        row = {
+            "variant": variant,
+            "model": model,
+            "recipe": recipe,
+            "baseline": baseline,
+            "ratio_pct": round(run["ratio"] * 100) if run else 0,
+            "macs_m": run["macs_after_m"] if run else first.get("macs_before_m"),
+            "latency_ms_p50": ev.benchmarked[variant]["latency_ms_p50"],
+        }
         for g in guards:
             row[g] = ev.evaluated[variant][g]
             row[f"{g}_ci_low"], row[f"{g}_ci_high"] = ev.evaluated[variant][f"{g}_ci95"]
@@ -92,17 +99,20 @@ def plot(table, quality, path):
         fig.savefig(path, dpi=60)
         plt.close(fig)
         return
-    for ax, cost, label in ((axes[0], "macs_m", "MACs per image (M)"),
-                            (axes[1], "latency_ms_p50", "CPU latency, batch 1 (ms, median over rounds)")):  # fmt: skip
+    for ax, cost, label in (
+        (axes[0], "macs_m", "MACs per image (M)"),
+        (axes[1], "latency_ms_p50", "CPU latency, batch 1 (ms, median over rounds)"),
+    ):
         for i, (recipe, rows) in enumerate(table.groupby("recipe")):
             rows = rows.sort_values("ratio_pct")
             yerr = [rows[quality] - rows[f"{quality}_ci_low"], rows[f"{quality}_ci_high"] - rows[quality]]
             ax.errorbar(rows[cost], rows[quality], yerr=yerr, fmt="o-", capsize=2, color=f"C{i}", label=recipe)
             for _, r in rows.iterrows():
-                ax.annotate(f"{r['ratio_pct']}%", (r[cost], r[quality]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")  # fmt: skip
+                ax.annotate(
+                    f"{r['ratio_pct']}%", (r[cost], r[quality]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
         ax.set_xlabel(label)
-        ax.set_ylabel(f"test {writeup.label(quality)} (95% CI)")
+        ax.set_ylabel(f"test {formatting.label(quality)} (95% CI)")
         if comparison.lower_is_better(quality):
             ax.invert_yaxis()
         ax.grid(alpha=0.3)
@@ -116,40 +126,57 @@ def plot(table, quality, path):
 def sparse_rows(pruned):
     """The weight-sparsity models: pattern, sparsity, sizes (dense, deflated, bitmask)."""
     keys = ("pattern", "sparsity_all_weights", "size_dense_mb", "size_deflate_mb", "size_bitmask_mb", "val_auroc")
-    return {m: {k: r.get(k) for k in keys} | {"gpu_2_4": r.get("gpu_2_4")} for m, r in pruned.items()
-            if "pattern" in r}  # fmt: skip
+    return {m: {k: r.get(k) for k in keys} | {"gpu_2_4": r.get("gpu_2_4")} for m, r in pruned.items() if "pattern" in r}
 
 
 def markdown(table, first, guards, sparse, plot_name):
     """The REPORT.md section: the sweep table, where it first hurts, and the sparsity note."""
     lines = ["## Where pruning starts to hurt", ""]
     if table.empty:
-        lines += ["Only the default pruning ratio was run. The sweep is off by default (each ratio is a fine-tune): "
-                  "`dvc exp run -S 'prune.sweep=[10,20,30,40,50,60,70]'` with the swept models added to the "
-                  "compared models.", ""]  # fmt: skip
+        lines += [
+            "Only the default pruning ratio was run. The sweep is off by default (each ratio is a fine-tune): "
+            "`dvc exp run -S 'prune.sweep=[10,20,30,40,50,60,70]'` with the swept models added to the "
+            "compared models.",
+            "",
+        ]
     else:
-        head = ["recipe", "removed %", "MACs (M)", "ms p50"] + [f"Δ {writeup.label(g)}, pt [95% CI]" for g in guards]
+        head = ["recipe", "removed %", "MACs (M)", "ms p50"] + [f"Δ {formatting.label(g)}, pt [95% CI]" for g in guards]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in table.iterrows():
             cells = [r["recipe"], str(r["ratio_pct"]), f"{r['macs_m']:.1f}", f"{r['latency_ms_p50']:.2f}"]
-            cells += [writeup.fmt_delta(r[f"{g}_delta_pt"], r[f"{g}_delta_pt_ci95"], r[f"{g}_delta_pt_verdict"])
-                      for g in guards]  # fmt: skip
+            cells += [
+                formatting.fmt_delta(r[f"{g}_delta_pt"], r[f"{g}_delta_pt_ci95"], r[f"{g}_delta_pt_verdict"])
+                for g in guards
+            ]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Deltas are paired against the unpruned student in the same recipe. " + writeup.LEGEND, ""]
+        lines += ["", "Deltas are paired against the unpruned student in the same recipe. " + formatting.LEGEND, ""]
         for recipe, ratio in first.items():
-            lines.append(f"- {recipe}: " + (f"first distinguishably worse at **{ratio} %** of channels removed"
-                                            if ratio is not None else "no swept ratio is distinguishably worse"))  # fmt: skip
+            lines.append(
+                f"- {recipe}: "
+                + (
+                    f"first distinguishably worse at **{ratio} %** of channels removed"
+                    if ratio is not None
+                    else "no swept ratio is distinguishably worse"
+                )
+            )
         lines += ["", f"![quality vs MACs and latency]({plot_name})", ""]
     if sparse:
-        lines += ["### Weight sparsity (unstructured, 2:4)", "", SPARSE_NOTE, "",
-                  "| model | pattern | zero weights % | model.pt MB | deflated MB | bitmask + values MB | 2:4 on GPU |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "### Weight sparsity (unstructured, 2:4)",
+            "",
+            SPARSE_NOTE,
+            "",
+            "| model | pattern | zero weights % | model.pt MB | deflated MB | bitmask + values MB | 2:4 on GPU |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for m, r in sparse.items():
             gpu = r["gpu_2_4"] or {}
             gpu_text = (
                 f"{gpu['speedup_x']}x GEMM ({gpu['device']})" if gpu.get("speedup_x") else "not measured (no GPU)"
             )
-            lines.append(f"| {m} | {r['pattern']} | {100 * r['sparsity_all_weights']:.1f} | {r['size_dense_mb']} | "
-                         f"{r['size_deflate_mb']} | {r['size_bitmask_mb']} | {gpu_text if r['pattern'] == '2:4' else '-'} |")  # fmt: skip
+            lines.append(
+                f"| {m} | {r['pattern']} | {100 * r['sparsity_all_weights']:.1f} | {r['size_dense_mb']} | "
+                f"{r['size_deflate_mb']} | {r['size_bitmask_mb']} | {gpu_text if r['pattern'] == '2:4' else '-'} |"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.lib.images import image_sha256, read_image
+from stages.lib.data.images import image_sha256, read_image
 from stages.lib.outputs import atomic, write_json
 
 BUNDLE_VERSION = 1
@@ -46,7 +46,7 @@ def sha256_file(path):
 def decoding_rules(image_size, max_side):
     """What deploy.json records about decoding; `model_input` and `decode` implement exactly this."""
     return {
-        "reader": "stages.lib.images.read_image (the prepare stage's decoder)",
+        "reader": "stages.lib.data.images.read_image (the prepare stage's decoder)",
         "modes": "L, RGB kept; 1, LA -> L; RGBA -> RGB (alpha dropped); P, CMYK, ... -> RGB; 16-bit: v >> 8",
         "max_side": max_side,
         "max_side_resample": "box (area), aspect kept, only when larger",
@@ -81,8 +81,12 @@ def write_bundle(folder, model_src, meta):
     folder.mkdir(parents=True)
     with atomic(folder / MODEL_FILE) as tmp:
         shutil.copyfile(model_src, tmp)
-    bundle = {"bundle_version": BUNDLE_VERSION, "model_file": MODEL_FILE,
-              "model_sha256": sha256_file(folder / MODEL_FILE), **meta}  # fmt: skip
+    bundle = {
+        "bundle_version": BUNDLE_VERSION,
+        "model_file": MODEL_FILE,
+        "model_sha256": sha256_file(folder / MODEL_FILE),
+        **meta,
+    }
     write_json(folder / BUNDLE_JSON, bundle)
     return bundle
 
@@ -93,8 +97,9 @@ def write_empty_bundle(folder, reason):
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    write_json(folder / BUNDLE_JSON, {"bundle_version": BUNDLE_VERSION, "variant": None, "model_file": None,
-                                      "reason": reason})  # fmt: skip
+    write_json(
+        folder / BUNDLE_JSON, {"bundle_version": BUNDLE_VERSION, "variant": None, "model_file": None, "reason": reason}
+    )
 
 
 def read_bundle(folder):
@@ -110,8 +115,10 @@ def read_bundle(folder):
     if version != BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle_version={version!r} is not supported; this screen reads {BUNDLE_VERSION}")
     if bundle.get("model_file") is None:
-        raise BundleError(f"{path} holds no model: {bundle.get('reason', 'no variant qualified')} "
-                          "(metrics/select.json lists every variant's margins)")  # fmt: skip
+        raise BundleError(
+            f"{path} holds no model: {bundle.get('reason', 'no variant qualified')} "
+            "(metrics/select.json lists every variant's margins)"
+        )
     model = Path(folder) / bundle["model_file"]
     if not model.is_file():
         raise BundleError(f"{model} not found; the bundle is incomplete")

@@ -138,8 +138,10 @@ def closest(assessed):
 def none_qualified_message(assessed, sel):
     active = {k: v for k, v in sel.items() if k in CONSTRAINTS and v is not None}
     near = closest(assessed)
-    lines = [f"no variant meets every constraint {active}; nothing is deployed. Relax one in params.yaml select.* "
-             "(null = off):"]  # fmt: skip
+    lines = [
+        f"no variant meets every constraint {active}; nothing is deployed. Relax one in params.yaml select.* "
+        "(null = off):"
+    ]
     if near:
         lines.append(f"  closest: {near['variant']}, bound by {near['binding']} ({near['value']} vs {near['limit']})")
     lines += [f"  {name}: {describe_failures(e['failed'])}" for name, e in assessed.items()]
@@ -152,9 +154,11 @@ def none_qualified_line(sel_result):
     if near is None:
         return "no variant runs in a deployable runtime (ONNX Runtime); add an ONNX recipe to compare.recipes."
     unit = CONSTRAINTS.get(near["binding"], ("", "", ""))[2]
-    return (f"the closest, `{near['variant']}`, misses `select.{near['binding']}` by {near['by']:g}{unit} "
-            f"({near['value']} vs {near['limit']}); `artifacts/deploy/` holds no model and `screen` refuses it. "
-            "Relax that constraint or improve the model.")  # fmt: skip
+    return (
+        f"the closest, `{near['variant']}`, misses `select.{near['binding']}` by {near['by']:g}{unit} "
+        f"({near['value']} vs {near['limit']}); `artifacts/deploy/` holds no model and `screen` refuses it. "
+        "Relax that constraint or improve the model."
+    )
 
 
 def _ci(value, interval):
@@ -167,48 +171,72 @@ def report_section(sel_result, evaluations):
     effect of each threshold rule."""
     c = {k: v for k, v in sel_result["constraints"].items() if v is not None}
     chosen = sel_result["selected"]
-    out = ["", "## Deployment: the selected variant", "",
-           f"Constraints (params `select.*`, null = off): {c or 'none'}. Rule: {sel_result['rule']}. "
-           "Decided on validation metrics and the benchmark only; `min_recall` is checked against the one-sided "
-           "95 % lower bound of validation recall at the variant's threshold (multi-class: validation macro recall).", "",
-           "| variant | runtime | val recall (95 % lower bound) | val FPR | val AUROC | p50 ms | MB | peak RSS MB | "
-           "margin to each constraint | qualified |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "",
+        "## Deployment: the selected variant",
+        "",
+        f"Constraints (params `select.*`, null = off): {c or 'none'}. Rule: {sel_result['rule']}. "
+        "Decided on validation metrics and the benchmark only; `min_recall` is checked against the one-sided "
+        "95 % lower bound of validation recall at the variant's threshold (multi-class: validation macro recall).",
+        "",
+        "| variant | runtime | val recall (95 % lower bound) | val FPR | val AUROC | p50 ms | MB | peak RSS MB | "
+        "margin to each constraint | qualified |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, e in sel_result["variants"].items():
         verdict = "**selected**" if name == chosen else ("yes" if e["qualified"] else describe_failures(e["failed"]))
         fpr = "" if e["val_fpr"] is None else f"{e['val_fpr']:.3f}"
         margins = ", ".join(f"{k} {m:+g}" for k, m in e.get("margins", {}).items())
-        out.append(f"| {name} | {e['runtime']} | {e['val_recall']:.3f} ({e['val_recall_bound']:.3f}) | {fpr} | "
-                   f"{e['val_auroc']:.3f} | {e['latency_ms_p50']:.3f} | {e['size_mb']:.2f} | {e['peak_rss_mb']:.0f} | "
-                   f"{margins} | {verdict} |")  # fmt: skip
+        out.append(
+            f"| {name} | {e['runtime']} | {e['val_recall']:.3f} ({e['val_recall_bound']:.3f}) | {fpr} | "
+            f"{e['val_auroc']:.3f} | {e['latency_ms_p50']:.3f} | {e['size_mb']:.2f} | {e['peak_rss_mb']:.0f} | "
+            f"{margins} | {verdict} |"
+        )
     if chosen is None:
         return [*out, "", "**No variant qualified, so nothing is deployed**: " + none_qualified_line(sel_result)]
     test, scr, sk = sel_result["test"], sel_result["screen"], sel_result["skew"]
-    out += ["", f"**{chosen}** ships in `artifacts/deploy/` (model sha256 `{sel_result['model_sha256'][:16]}...`). "
-            "Its test metrics, the honest estimate (test played no part in the choice): "
-            + (f"recall {_ci(test['recall'], test.get('recall_ci95'))}, FPR {_ci(test['fpr'], test.get('fpr_ci95'))}, "
-               f"AUROC {_ci(test['auroc'], test.get('auroc_ci95'))} at threshold {test['threshold']:.4g} "
-               f"({test['threshold_rule']} rule{', fallback' if test['threshold_fallback'] else ''})."
-               if "recall" in test else f"macro recall {_ci(test['macro_recall'], test.get('macro_recall_ci95'))}."),
-            "", f"`python -m stages.screen artifacts/deploy <images or folders>` on {scr['images']} raw images of the "
-            f"data set, decoding included, in a fresh process without PyTorch: **{scr['images_per_s']:.1f} images/s** "
-            f"({scr['threads']} threads, batch {scr['batch_size']}; {scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s "
-            f"in the model); the model alone in the benchmark: {scr['model_only_throughput_img_s']:.1f} images/s "
-            f"(batch {scr['model_only_batch_size']}, median over rounds). One run, measured by the select stage.",
-            "", f"Skew check: screening the {sk['images']} raw test images reproduces evaluate's scores within "
-            f"{sk['max_abs_score_diff']:.2g} (tolerance {sk['tolerance']:g}) with {sk['verdict_mismatches']} "
-            "verdicts differing; the stage fails otherwise."]  # fmt: skip
+    out += [
+        "",
+        f"**{chosen}** ships in `artifacts/deploy/` (model sha256 `{sel_result['model_sha256'][:16]}...`). "
+        "Its test metrics, the honest estimate (test played no part in the choice): "
+        + (
+            f"recall {_ci(test['recall'], test.get('recall_ci95'))}, FPR {_ci(test['fpr'], test.get('fpr_ci95'))}, "
+            f"AUROC {_ci(test['auroc'], test.get('auroc_ci95'))} at threshold {test['threshold']:.4g} "
+            f"({test['threshold_rule']} rule{', fallback' if test['threshold_fallback'] else ''})."
+            if "recall" in test
+            else f"macro recall {_ci(test['macro_recall'], test.get('macro_recall_ci95'))}."
+        ),
+        "",
+        f"`python -m stages.screen artifacts/deploy <images or folders>` on {scr['images']} raw images of the "
+        f"data set, decoding included, in a fresh process without PyTorch: **{scr['images_per_s']:.1f} images/s** "
+        f"({scr['threads']} threads, batch {scr['batch_size']}; {scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s "
+        f"in the model); the model alone in the benchmark: {scr['model_only_throughput_img_s']:.1f} images/s "
+        f"(batch {scr['model_only_batch_size']}, median over rounds). One run, measured by the select stage.",
+        "",
+        f"Skew check: screening the {sk['images']} raw test images reproduces evaluate's scores within "
+        f"{sk['max_abs_score_diff']:.2g} (tolerance {sk['tolerance']:g}) with {sk['verdict_mismatches']} "
+        "verdicts differing; the stage fails otherwise.",
+    ]
     rules = {n: ev["by_rule"] for n, ev in evaluations.items() if "by_rule" in ev}
     if rules:
-        out += ["", "### Threshold rule: highest vs lower_bound", "",
-                "`highest`: the highest threshold whose validation recall reaches `evaluate.target_recall`; "
-                "`lower_bound`: the highest whose one-sided 95 % Clopper-Pearson lower bound does (the margin). "
-                "Test recall with its exact 95 % interval and test FPR at each rule's threshold.", "",
-                "| variant | highest: threshold | test recall | test FPR | lower_bound: threshold | val recall bound "
-                "| test recall | test FPR |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            "### Threshold rule: highest vs lower_bound",
+            "",
+            "`highest`: the highest threshold whose validation recall reaches `evaluate.target_recall`; "
+            "`lower_bound`: the highest whose one-sided 95 % Clopper-Pearson lower bound does (the margin). "
+            "Test recall with its exact 95 % interval and test FPR at each rule's threshold.",
+            "",
+            "| variant | highest: threshold | test recall | test FPR | lower_bound: threshold | val recall bound "
+            "| test recall | test FPR |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in rules.items():
             h, lb = r["highest"], r["lower_bound"]
             flag = " (fallback)" if lb["fallback"] else ""
-            out.append(f"| {name} | {h['threshold']:.4g} | {_ci(h['recall'], h['recall_ci95'])} | {h['fpr']:.3f} | "
-                       f"{lb['threshold']:.4g}{flag} | {lb['val_recall_lower_bound']:.3f} | "
-                       f"{_ci(lb['recall'], lb['recall_ci95'])} | {lb['fpr']:.3f} |")  # fmt: skip
+            out.append(
+                f"| {name} | {h['threshold']:.4g} | {_ci(h['recall'], h['recall_ci95'])} | {h['fpr']:.3f} | "
+                f"{lb['threshold']:.4g}{flag} | {lb['val_recall_lower_bound']:.3f} | "
+                f"{_ci(lb['recall'], lb['recall_ci95'])} | {lb['fpr']:.3f} |"
+            )
     return out

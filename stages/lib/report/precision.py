@@ -10,7 +10,7 @@ the verdict never reads the test split.
 
 import pandas as pd
 
-from stages.lib import writeup
+from stages.lib.report import formatting
 
 TWIN = "ort_fp32"
 PTQ_KINDS = {
@@ -66,8 +66,11 @@ def rows(ev, table, models, recipes, reference, guards, quantize_metrics):
                 row["size_mb_palettised"] = q["size_mb_palettised"]
             if "ptq_hurt" in q:
                 row["ptq_hurt"] = q["ptq_hurt"]
-                row["val_deltas_pt"] = {k.removeprefix("val_").removesuffix("_delta_pt"): q[k] for k in q
-                                        if k.startswith("val_") and k.endswith("_delta_pt")}  # fmt: skip
+                row["val_deltas_pt"] = {
+                    k.removeprefix("val_").removesuffix("_delta_pt"): q[k]
+                    for k in q
+                    if k.startswith("val_") and k.endswith("_delta_pt")
+                }
             out.append(row)
     return out
 
@@ -81,22 +84,26 @@ def _cell(row, key, verdict_key, fmt):
 
 def section(prec_rows, reference, guards, max_drop_pt):
     """Markdown for REPORT.md: one table per model, the 'did PTQ hurt' verdicts, what to expect of each kind."""
-    out = ["## Which precision?", "",
-           f"Each model under every recipe, paired against the **same model in ONNX Runtime FP32** (`<model>_{TWIN}`: "
-           "same weights and runtime, only the precision differs) on the same test images and benchmark rounds, and "
-           f"against `{reference}` for latency. Speed-ups >1x mean faster. {writeup.LEGEND}", ""]  # fmt: skip
+    out = [
+        "## Which precision?",
+        "",
+        f"Each model under every recipe, paired against the **same model in ONNX Runtime FP32** (`<model>_{TWIN}`: "
+        "same weights and runtime, only the precision differs) on the same test images and benchmark rounds, and "
+        f"against `{reference}` for latency. Speed-ups >1x mean faster. {formatting.LEGEND}",
+        "",
+    ]
     for model in dict.fromkeys(r["model"] for r in prec_rows):
         show = []
         for r in (r for r in prec_rows if r["model"] == model):
             line = {"recipe": r["recipe"]}
             for g in guards:
-                line[f"{writeup.label(g)} [95% CI]"] = writeup.with_ci(g, r[g], r[f"{g}_ci95"])
-                line[f"Δ {writeup.label(g)} vs FP32, pt"] = _cell(
-                    r, f"{g}_vs_fp32_pt", f"{g}_vs_fp32_verdict", writeup.fmt_delta
+                line[f"{formatting.label(g)} [95% CI]"] = formatting.with_ci(g, r[g], r[f"{g}_ci95"])
+                line[f"Δ {formatting.label(g)} vs FP32, pt"] = _cell(
+                    r, f"{g}_vs_fp32_pt", f"{g}_vs_fp32_verdict", formatting.fmt_delta
                 )
             for key, name in (("speedup_vs_fp32", "x vs ORT FP32"), ("speedup_vs_reference", f"x vs {reference}")):
-                line[name] = _cell(r, f"{key}_x", f"{key}_verdict", writeup.fmt_speedup)
-            line["p50 ms"] = writeup.ms(r["latency_ms_p50"])
+                line[name] = _cell(r, f"{key}_x", f"{key}_verdict", formatting.fmt_speedup)
+            line["p50 ms"] = formatting.ms(r["latency_ms_p50"])
             line["size MB"] = f"{r['size_mb']:.2f}"
             if any("size_mb_palettised" in x for x in prec_rows):
                 line["palettised MB"] = f"{r['size_mb_palettised']:.2f}" if "size_mb_palettised" in r else "—"
@@ -105,20 +112,28 @@ def section(prec_rows, reference, guards, max_drop_pt):
             show.append(line)
         out += [f"**{model}**", "", pd.DataFrame(show).set_index("recipe").to_markdown(), ""]
     hurt = [r for r in prec_rows if r.get("ptq_hurt")]
-    out.append(f"**Did PTQ hurt?** Rule (`quantize.max_drop_pt` = {max_drop_pt} pt): a recipe hurt when its paired "
-               "validation delta against the FP32 model is worse than that in "
-               + " or ".join(writeup.label(g) for g in guards) + " (measured by the quantize stage on validation "
-               "images, so the verdict does not read the test split). "
-               + ("Hurt: " + ", ".join(f"`{r['variant']}` ({_fmt_val(r['val_deltas_pt'])})" for r in hurt) + "."
-                  if hurt else "No recipe crossed it in this run."))  # fmt: skip
+    out.append(
+        f"**Did PTQ hurt?** Rule (`quantize.max_drop_pt` = {max_drop_pt} pt): a recipe hurt when its paired "
+        "validation delta against the FP32 model is worse than that in "
+        + " or ".join(formatting.label(g) for g in guards)
+        + " (measured by the quantize stage on validation "
+        "images, so the verdict does not read the test split). "
+        + (
+            "Hurt: " + ", ".join(f"`{r['variant']}` ({_fmt_val(r['val_deltas_pt'])})" for r in hurt) + "."
+            if hurt
+            else "No recipe crossed it in this run."
+        )
+    )
     for model in dict.fromkeys(r["model"] for r in prec_rows):
         mine = [r for r in prec_rows if r["model"] == model and "ptq_hurt" in r]
         qat_rows = [r for r in mine if r["kind"] == "qat"]
         ptq_hurt = [r["recipe"] for r in mine if r["kind"] in PTQ_KINDS and r["ptq_hurt"]]
         for r in qat_rows:
             verdict = ("recovered it" if not r["ptq_hurt"] else "did not recover it") if ptq_hurt else "was not needed"
-            out.append(f"\n**QAT, {model}**: PTQ hurt in {', '.join(ptq_hurt) or 'no recipe'}; `{r['recipe']}` "
-                       f"{verdict} ({_fmt_val(r['val_deltas_pt'])} on validation vs FP32).")  # fmt: skip
+            out.append(
+                f"\n**QAT, {model}**: PTQ hurt in {', '.join(ptq_hurt) or 'no recipe'}; `{r['recipe']}` "
+                f"{verdict} ({_fmt_val(r['val_deltas_pt'])} on validation vs FP32)."
+            )
     seen = {r["kind"] for r in prec_rows}
     notes = [f"- {text}" for kind, text in NOTES.items() if kind in seen]
     if notes:
@@ -127,7 +142,7 @@ def section(prec_rows, reference, guards, max_drop_pt):
 
 
 def _fmt_val(deltas):
-    return ", ".join(f"{writeup.label(k)} {v:+.1f} pt" for k, v in deltas.items())
+    return ", ".join(f"{formatting.label(k)} {v:+.1f} pt" for k, v in deltas.items())
 
 
 def insert(report_md, text, before="## Caveats"):

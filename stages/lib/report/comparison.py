@@ -17,8 +17,10 @@ from stages.lib.errors import ParamError
 # Table columns by task. Binary screens are judged at matched recall: the operating point is the
 # validation-chosen threshold (recall, FPR), and the threshold-free columns say how well a model
 # ranks defects above good parts, which is what a luckier threshold cannot fake.
-OPERATING = {"binary": ["recall", "fpr", "precision", "f1", "threshold"], "multiclass": ["macro_recall", "accuracy",
-             "macro_f1"]}  # fmt: skip
+OPERATING = {
+    "binary": ["recall", "fpr", "precision", "f1", "threshold"],
+    "multiclass": ["macro_recall", "accuracy", "macro_f1"],
+}
 THRESHOLD_FREE = {"binary": ["auroc", "ap"], "multiclass": ["macro_auroc"]}
 # Multi-class decisions are an argmax, with no threshold to be lucky with: macro recall is the Pareto quality.
 MULTICLASS_QUALITY = "macro_recall"
@@ -71,8 +73,9 @@ class Evidence:
             if not (pa["sha256"].to_numpy() == pb["sha256"].to_numpy()).all():
                 raise ValueError(f"{after}, {before}: predictions are not in the same image order")
             num_classes = int(max(pa["label"].max(), pb["label"].max())) + 1
-            ci = metrics.paired_delta_ci(pa, pb, pb["label"].to_numpy(), self.ci_names, self.draws, self.seed,
-                                         num_classes)  # fmt: skip
+            ci = metrics.paired_delta_ci(
+                pa, pb, pb["label"].to_numpy(), self.ci_names, self.draws, self.seed, num_classes
+            )
             for name, (lo, hi) in ci.items():
                 out[f"{name}_delta_pt_ci95"] = [round(lo * 100, 2), round(hi * 100, 2)]
                 out[f"{name}_delta_pt_verdict"] = verdict(name, (lo, hi))
@@ -147,6 +150,8 @@ def recommend(table, guards):
             ok &= (table[col] != "worse").to_numpy()
     first = table[guards[0]] if not lower_is_better(guards[0]) else -table[guards[0]]
     candidates = table[ok].assign(_q=first[ok]).sort_values(["latency_ms_p50", "_q"], ascending=[True, False])
-    rule = (f"the lowest batch-1 latency among variants whose {' and '.join(guards)} are not distinguishably "
-            f"worse than the reference's (paired 95 % intervals); ties go to the higher {guards[0]}")  # fmt: skip
+    rule = (
+        f"the lowest batch-1 latency among variants whose {' and '.join(guards)} are not distinguishably "
+        f"worse than the reference's (paired 95 % intervals); ties go to the higher {guards[0]}"
+    )
     return candidates.index[0], rule

@@ -21,7 +21,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from stages.lib import errors, reparam
+from stages.lib import errors
+from stages.lib.models import reparam
 from stages.lib.outputs import atomic, write_json
 from stages.lib.params import ParamError
 
@@ -114,8 +115,13 @@ def pretrained(name, weights, num_classes, image_size=None):
         model.net.load_state_dict(state)
     if num_classes != 1000:
         model.net.reset_classifier(num_classes)
-    log.info("%s: ImageNet weights from %s, head -> %d classes%s", name, weights, num_classes,
-             f"; {model.adapted}" if model.adapted else "")  # fmt: skip
+    log.info(
+        "%s: ImageNet weights from %s, head -> %d classes%s",
+        name,
+        weights,
+        num_classes,
+        f"; {model.adapted}" if model.adapted else "",
+    )
     return model
 
 

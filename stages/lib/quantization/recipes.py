@@ -15,7 +15,7 @@ ViT-safe op types).
 
 from pathlib import Path
 
-from stages.lib.families import is_transformer
+from stages.lib.models.families import is_transformer
 from stages.lib.params import ParamError, check_choice, check_int
 
 BOOL = {True, False}
@@ -47,8 +47,16 @@ KINDS = {
 # Kinds whose module checks its own options (and fills its defaults): lib/clustering.py, lib/pt2e.py, lib/qat.py.
 DELEGATED = {"cluster", "pt2e", "qat"}
 # How each kind's file is run (runtime.RUNTIMES).
-RUNTIME = {"torch": "torch", "onnx_fp32": "onnxruntime", "onnx_fp16": "onnxruntime", "ort_static": "onnxruntime",
-           "ort_dynamic": "onnxruntime", "cluster": "torch", "pt2e": "torch_pt2e", "qat": "onnxruntime"}  # fmt: skip
+RUNTIME = {
+    "torch": "torch",
+    "onnx_fp32": "onnxruntime",
+    "onnx_fp16": "onnxruntime",
+    "ort_static": "onnxruntime",
+    "ort_dynamic": "onnxruntime",
+    "cluster": "torch",
+    "pt2e": "torch_pt2e",
+    "qat": "onnxruntime",
+}
 
 # ViT-safe INT8: only the matrix multiplies are quantized. Softmax, LayerNorm, GELU and the residual
 # Adds stay float: their outputs have outliers that one INT8 scale per tensor cannot hold.
@@ -65,23 +73,25 @@ def check(name, recipe, recipes_key="quantize.recipes"):
         raise ParamError(f"{key}={recipe!r} is not allowed; expected a mapping with 'kind', one of {sorted(KINDS)}")
     kind = check_choice(f"{key}.kind", recipe["kind"], set(KINDS) | DELEGATED)
     if kind == "cluster":
-        from stages.lib import clustering
+        from stages.lib.quantization import clustering
 
         return clustering.check_recipe(key, recipe)
     if kind == "pt2e":
-        from stages.lib import pt2e
+        from stages.lib.quantization import pt2e
 
         return pt2e.check_recipe(key, recipe)
     if kind == "qat":
-        from stages.lib import qat
+        from stages.lib.quantization import qat
 
         return qat.check_recipe(key, recipe)
     options = {k: v for k, v in recipe.items() if k != "kind"}
     allowed = KINDS[kind]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ParamError(f"{key}.{unknown[0]}={options[unknown[0]]!r}: kind {kind!r} has no option {unknown[0]!r}; "
-                         f"expected options {sorted(allowed)}")  # fmt: skip
+        raise ParamError(
+            f"{key}.{unknown[0]}={options[unknown[0]]!r}: kind {kind!r} has no option {unknown[0]!r}; "
+            f"expected options {sorted(allowed)}"
+        )
     whole = {"kind": kind, **{opt: options.get(opt, default) for opt, (default, _) in allowed.items()}}
     for opt, (_, rule) in allowed.items():
         if isinstance(rule, tuple):

@@ -40,7 +40,7 @@ def _update(h, state_dict):
 def path(model, train_xy, val_xy, recipe, base, teacher=None, kd=None, processes=1):
     """CHECKPOINT_DIR/<sha256 of fit's inputs>.pt; call it before training touches the model."""
     h = hashlib.sha256(json.dumps([recipe, base, kd, processes], sort_keys=True).encode())
-    for module in (__file__, data.__file__, *(Path(__file__).with_name(f) for f in ("training.py", "distributed.py"))):
+    for module in (__file__, data.__file__, *(Path(__file__).with_name(f) for f in ("__init__.py", "distributed.py"))):
         h.update(Path(module).read_bytes())
     _update(h, model.state_dict())
     if teacher is not None:
@@ -52,13 +52,23 @@ def path(model, train_xy, val_xy, recipe, base, teacher=None, kd=None, processes
 def save(ckpt, model, opt, sched, gen, best, history):
     np_state = np.random.get_state(legacy=False)
     state = {
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-        "numpy_rng": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                                            "pos": np_state["state"]["pos"]}},
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "numpy_rng": {
+            **np_state,
+            "state": {
+                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                "pos": np_state["state"]["pos"],
+            },
+        },
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "best": best, "history": history,
-    }  # fmt: skip
+        "best": best,
+        "history": history,
+    }
     with atomic(ckpt) as tmp:
         torch.save(state, tmp)
 
