@@ -198,8 +198,17 @@ def int8_layers(archive, study, reference):
                 "fallback_val_auroc": best["val_auroc"],
             }
         )
-    heads = ("model", "run", "val AUROC FP32", "val AUROC INT8", "logit SQNR, dB", "top-1 agreement",
-             "stem conv alone INT8, logit SQNR dB", "best logits fallback: layers in float", "its val AUROC")  # fmt: skip
+    heads = (
+        "model",
+        "run",
+        "val AUROC FP32",
+        "val AUROC INT8",
+        "logit SQNR, dB",
+        "top-1 agreement",
+        "stem conv alone INT8, logit SQNR dB",
+        "best logits fallback: layers in float",
+        "its val AUROC",
+    )
     columns = [(h, lambda r, k=k: str(r[k])) for h, k in zip(heads, rows[0], strict=True)]
     return (
         rows,
