@@ -1,6 +1,12 @@
+import os
 from pathlib import Path
 
 import pytest
+
+# Two xdist workers on two cores, each starting stages with base.threads threads: OpenMP threads that spin while
+# they wait for a descheduled sibling slow every process many times over (a 64 px training epoch: 60 s instead of
+# 6 s). Passive waiting, inherited by every stage process the tests start, gives the cores back instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
