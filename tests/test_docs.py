@@ -176,3 +176,29 @@ def test_links_into_lab_point_at_a_study_readme():
 
 def is_study_readme(path):
     return path.name == "README.md" and len(path.parts) in (2, 3)
+
+
+def quick_run_overrides():
+    """The README's quick-run command: {dotted key: value} of its -S options."""
+    block = re.search(r"## Quick run\s+```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    command = block.replace("\\\n", " ")
+    assert command.split()[:3] == ["dvc", "exp", "run"], command
+    return dict(opt.split("=", 1) for opt in re.findall(r"-S (\S+)", command))
+
+
+def test_quick_run_sets_only_knobs_that_exist_to_values_the_schema_accepts():
+    """Every -S of the README's quick run names an existing key of params.yaml, and params.yaml with those values
+    passes the same checks the stages run (a renamed knob or a bad value would make the documented command fail)."""
+    from stages.lib import schema
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = quick_run_overrides()
+    assert {"base.image_size", "prepare.max_images", "train.epochs"} <= overrides.keys()
+    for key, text in overrides.items():
+        section, *path = key.split(".")
+        node = params[section]
+        for part in path[:-1]:
+            node = node[part]
+        assert path[-1] in node, f"README quick run sets {key}, which params.yaml does not have"
+        node[path[-1]] = yaml.safe_load(text)
+    schema.check(params, list(params))
