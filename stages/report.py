@@ -139,11 +139,15 @@ def pruning_section(ev, pruned, quality, guards, out, report_md):
 def overlay_curves(curves_dir, variants, out):
     """One tidy CSV per curve kind (roc, pr) with every variant's points and a `variant` column, so
     `dvc plots show` draws one chart with all variants overlaid (evaluate writes a file per variant)."""
+    columns = {
+        "roc": ["point", "fpr", "tpr", "threshold", "variant"],
+        "pr": ["point", "recall", "precision", "variant"],
+    }
     for kind in ("roc", "pr"):
         files = [Path(curves_dir) / kind / f"{v}.csv" for v in sorted(variants)]
         parts = [pd.read_csv(f).assign(variant=f.stem).rename_axis("point").reset_index() for f in files if f.is_file()]
-        if parts:
-            pd.concat(parts).to_csv(out / f"{kind}.csv", index=False)
+        # multi-class runs have no binary curves: an empty table keeps the declared output
+        (pd.concat(parts) if parts else pd.DataFrame(columns=columns[kind])).to_csv(out / f"{kind}.csv", index=False)
 
 
 def main():
@@ -201,7 +205,7 @@ def main():
     table.to_csv(out / "comparison.csv")
     pareto_points(table, quality).to_csv(out / "pareto.csv", index=False)
     plot(table, quality, out / "pareto.png")
-    if args.curves and ev.task == "binary":
+    if args.curves:
         overlay_curves(args.curves, ev.evaluated, out)
     section, pruning = pruning_section(ev, read_dir(args.pruning), quality, guards, out, args.report_md)
     write_json(
