@@ -13,6 +13,7 @@ import torch
 from stages.lib import models, pruning, quantization, runtime
 from stages.lib.models import reparam
 from tests.conftest import ROOT, SHARED
+from tests.test_families import PRUNE
 
 ARCH = "mobileone_s0"
 WEIGHTS = SHARED / "weights" / "mobileone_s0.reparam_in1k.safetensors"
@@ -96,15 +97,7 @@ def test_fused_model_saves_loads_exports_quantizes_and_prunes(tmp_path):
     with torch.no_grad():
         assert np.corrcoef(out.ravel(), loaded(x).numpy().ravel())[0, 1] > 0.9
 
-    cfg = {
-        "importance": "l2",
-        "scope": "uniform",
-        "ratio": 0.25,
-        "max_ratio": 0.6,
-        "iterative_steps": 1,
-        "round_to": 8,
-        "epochs": 0,
-    }
+    cfg = PRUNE
     before = models.param_count(loaded)
     pruned, stats = pruning.prune_structured(copy.deepcopy(loaded), SIZE, cfg)
     assert stats["macs_after_m"] < stats["macs_before_m"]
