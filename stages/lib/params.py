@@ -41,6 +41,15 @@ def load(*sections, path="params.yaml"):
     return schema.check(params, sections)
 
 
+def with_defaults(key, recipe, defaults, kind):
+    """A recipe of `kind` with its defaults filled in; an option the kind does not take is refused by name."""
+    allowed = {"kind", *defaults}
+    unknown = sorted(set(recipe) - allowed)
+    if unknown:
+        raise ParamError(f"{key}.{unknown[0]} is not a {kind} option; expected one of {sorted(allowed)}")
+    return {**defaults, **recipe}
+
+
 def check_choice(key, value, allowed):
     if value not in allowed:
         raise ParamError(f"{key}={value!r} is not allowed; expected one of {sorted(allowed)}")

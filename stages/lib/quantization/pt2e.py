@@ -46,11 +46,7 @@ DEFAULTS = {"calibration_images": 128}
 
 def check_recipe(key, recipe):
     """Fail fast on a bad PT2E recipe (`key` is its params path) and check torchao imports."""
-    allowed = {"kind", *DEFAULTS}
-    unknown = sorted(set(recipe) - allowed)
-    if unknown:
-        raise params.ParamError(f"{key}.{unknown[0]} is not a pt2e option; expected one of {sorted(allowed)}")
-    recipe = {**DEFAULTS, **recipe}
+    recipe = params.with_defaults(key, recipe, DEFAULTS, "pt2e")
     params.check_int(f"{key}.calibration_images", recipe["calibration_images"], 1)
     try:
         quantizer()

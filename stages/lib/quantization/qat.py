@@ -60,11 +60,7 @@ ONNX_ROUTES = ("pt2e", "ort")  # see the module docstring: exact learned ranges 
 
 def check_recipe(key, recipe):
     """Fail fast on a bad QAT recipe (`key` is its params path) and check torchao imports."""
-    allowed = {"kind", *DEFAULTS}
-    unknown = sorted(set(recipe) - allowed)
-    if unknown:
-        raise params.ParamError(f"{key}.{unknown[0]} is not a qat option; expected one of {sorted(allowed)}")
-    recipe = {**DEFAULTS, **recipe}
+    recipe = params.with_defaults(key, recipe, DEFAULTS, "qat")
     params.check_int(f"{key}.epochs", recipe["epochs"], 1)
     params.check_int(f"{key}.batch_size", recipe["batch_size"], 1)
     params.check_range(f"{key}.lr", recipe["lr"], 0, 1, lo_inclusive=False)
