@@ -17,6 +17,7 @@ from pathlib import Path
 
 from stages.lib.models.families import is_transformer
 from stages.lib.params import ParamError, check_choice, check_int
+from stages.lib.schema import suggest
 
 BOOL = {True, False}
 WEIGHT_TYPES = {"int8", "uint8"}
@@ -89,7 +90,7 @@ def check(name, recipe, recipes_key="quantize.recipes"):
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ParamError(
-            f"{key}.{unknown[0]}={options[unknown[0]]!r}: kind {kind!r} has no option {unknown[0]!r}; "
+            f"{key}.{unknown[0]}={options[unknown[0]]!r}: kind {kind!r} has no option {unknown[0]!r}{suggest(unknown[0], allowed)}; "
             f"expected options {sorted(allowed)}"
         )
     whole = {"kind": kind, **{opt: options.get(opt, default) for opt, (default, _) in allowed.items()}}
