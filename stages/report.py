@@ -22,9 +22,8 @@ import matplotlib
 import pandas as pd
 
 from stages.lib import data, errors, metrics, params
-from stages.lib.deploy import selection
 from stages.lib.outputs import read_json, write_json, write_text
-from stages.lib.report import comparison, formatting, precision, sweep, writeup
+from stages.lib.report import comparison, deployment, formatting, precision, summary, sweep, writeup
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -197,7 +196,7 @@ def main():
     steps = {name: {"before": b, "after": a, "delta": ev.compare(a, b)} for name, (b, a) in step_pairs.items()}
     quantized = keep(read_dir(args.quantize_dir))
     prec = precision.rows(ev, table, args.models, args.recipes, reference, guards, quantized)
-    recommended, rule = comparison.recommend(table, guards)
+    recommended, rule = comparison.recommend(table, guards, ev)
     names = [n for n in ev.ci_names if n not in ("precision", "f1")]
 
     out = Path(args.out_dir)
@@ -242,12 +241,14 @@ def main():
     }
     which = precision.section(prec, reference, guards, p["quantize"]["max_drop_pt"])
     text = precision.insert(precision.insert(writeup.render(table, ctx), which), section)
+    head, appendix = text.split("\n## ", 1)  # the answer first; the sections that back it follow
+    text = f"{head}\n" + "\n".join(summary.render(table, ctx, selected)) + f"\n## {appendix}"
     if selected and selected["selected"] is None:  # the first thing a reader must see
         title, rest = text.split("\n", 1)
         banner = "> **Nothing deployed.** No variant met every `select.*` constraint: "
-        text = f"{title}\n\n{banner}{selection.none_qualified_line(selected)}\n{rest}"
+        text = f"{title}\n\n{banner}{deployment.none_qualified_line(selected)}\n{rest}"
     if selected:  # the deployed variant, screen's end-to-end speed, the skew check, the threshold rules
-        text += "\n".join(selection.report_section(selected, ev.evaluated)) + "\n"
+        text += "\n".join(deployment.report_section(selected, ev.evaluated)) + "\n"
     write_text(args.report_md, text)
     log.info("recommended: %s; report written to %s", recommended, args.report_md)
 

@@ -1,10 +1,13 @@
 """select: pick the variant to deploy under constraints, write the bundle, and check it end to end.
 
-    python -m stages.select metrics/benchmark.json metrics/evaluate data/prepared artifacts/predictions \
-        artifacts/deploy metrics/select.json
+    python -m stages.select metrics/benchmark.json plots/benchmark/rounds.csv metrics/evaluate data/prepared \
+        artifacts/predictions artifacts/deploy metrics/select.json
 
 Decides from validation metrics and the benchmark only (lib/selection: constraints `select.*`, rule
-`select.objective`, see selection.OBJECTIVES); every variant is listed in metrics/select.json with what it failed and by how much,
+`select.objective`, see selection.OBJECTIVES); every variant is listed in metrics/select.json with what it
+failed and by how much. Latency is judged at the resolution the benchmark has (lib/metrics/speed): at the
+steadier thread count, and a variant is slower than the fastest only when their paired speed-up interval
+over the benchmark rounds excludes 1x; variants that tie with the fastest are ranked on validation quality.
 When none qualifies, the stage still succeeds so the report is written: metrics/select.json says so, with
 the closest variant and the constraint that binds it, and the bundle holds deploy.json without a model (never
 a stale one), which `screen` refuses in one line. The pick's test metrics are the honest estimate.
@@ -115,7 +118,7 @@ def skew(verdicts, test_rows, predictions, classes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("benchmark", "evaluate_dir", "data_dir", "predictions_dir", "deploy_dir", "metrics"):
+    for name in ("benchmark", "rounds_csv", "evaluate_dir", "data_dir", "predictions_dir", "deploy_dir", "metrics"):
         parser.add_argument(name)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -127,7 +130,8 @@ def main():
     evaluations = {f.stem: read_json(f) for f in Path(args.evaluate_dir).glob("*.json")}
     assessed = selection.assess(bench["variants"], evaluations, sel)
     rule = selection.OBJECTIVES[sel["objective"]]
-    chosen = selection.pick(assessed, sel["objective"])
+    rounds = pd.read_csv(args.rounds_csv)
+    chosen, timing = selection.decide(assessed, sel["objective"], bench["variants"], rounds, bench["threads"][-1])
     constraints = {k: sel[k] for k in selection.CONSTRAINTS}
     if chosen is None:
         message = selection.none_qualified_message(assessed, sel)
@@ -140,12 +144,13 @@ def main():
                 "rule": rule,
                 "constraints": constraints,
                 "closest": selection.closest(assessed),
+                "timing": timing,
                 "variants": assessed,
             },
         )
         return
     ev, entry = evaluations[chosen], bench["variants"][chosen]
-    log.info("selected %s (%s)", chosen, rule)
+    log.info("selected %s (%s; judged at %s thread(s))", chosen, rule, timing["threads"])
 
     meta = {
         "variant": chosen,
@@ -187,6 +192,7 @@ def main():
             "selected": chosen,
             "rule": rule,
             "constraints": constraints,
+            "timing": timing,
             "test": test_metrics(ev),
             "validation": ev["val"],
             "model_sha256": bundle["model_sha256"],

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from stages.lib import metrics, runtime
-from stages.lib.report import comparison, writeup
+from stages.lib.report import comparison, summary, writeup
 
 NAMES = metrics.binary_ci_names(0.95, [1, 5])
 GUARDS = ["auroc", "fpr_at_recall_95pct"]
@@ -137,7 +137,7 @@ def test_pareto_front_on_threshold_free_quality(evidence):
 
 def test_recommendation_skips_variants_that_are_distinguishably_worse(evidence):
     table = comparison.build_table(evidence, "teacher")
-    pick, rule = comparison.recommend(table, GUARDS)
+    pick, rule = comparison.recommend(table, GUARDS, evidence)
     assert pick == "int8"  # pruned is faster but ranks worse
     assert "not distinguishably worse" in rule
 
@@ -158,7 +158,7 @@ def test_report_markdown_reads_everything_from_the_table(evidence):
         "int8": {"before": "teacher", "after": "int8", "delta": evidence.compare("int8", "teacher")},
         "pruning": {"before": "int8", "after": "pruned", "delta": evidence.compare("pruned", "int8")},
     }
-    pick, rule = comparison.recommend(table, GUARDS)
+    pick, rule = comparison.recommend(table, GUARDS, evidence)
     fp = {
         "id": "abc123",
         "cpu": "Test CPU",
@@ -199,6 +199,7 @@ def test_report_markdown_reads_everything_from_the_table(evidence):
         "target_recall": 0.95,
     }
     text = writeup.render(table, ctx)
+    check_summary(table, ctx)
     assert "first that costs quality is **pruning**" in text
     assert f"**`{pick}`**" in text and "abc123" in text and "▼" in text
     auroc = table.loc["pruned", "auroc"]
@@ -206,3 +207,19 @@ def test_report_markdown_reads_everything_from_the_table(evidence):
     # A narrowed `compare` can leave no step with both variants: the report says so instead of failing.
     text = writeup.render(table, {**ctx, "steps": {}})
     assert "No step of `report.steps` has both of its variants" in text and "No step in this run made" in text
+
+
+def check_summary(table, ctx):
+    """REPORT.md's first section: the deployed variant against the reference, on one screen, from the table."""
+    selected = {"selected": "int8", "rule": "r", "timing": {"threads": 2, "median_cov_pct": {"1": 3.0, "2": 20.0}}}
+    text = "\n".join(summary.render(table, ctx, selected))
+    assert len(text.split()) <= 350 and "**Deployed: `int8`**" in text
+    row = table.loc["int8"]
+    delta = f"{row['auroc_delta_pt']:+.1f} [{row['auroc_delta_pt_ci_low']:+.1f}, {row['auroc_delta_pt_ci_high']:+.1f}]"
+    speed = f"{row['speedup_x']:.2f}x [{row['speedup_x_ci_low']:.2f}, {row['speedup_x_ci_high']:.2f}] ▲"
+    assert delta in text and speed in text and f"{row['size_mb']:.2f}" in text  # numbers from the table
+    assert "- **pruning**" in text and "▼" in text  # each step with its price
+    assert "120 defective test images" in text and "judged at 2 threads" in text and "`abc123`" in text
+    # nothing deployed: the summary says so and shows the report's own recommendation instead
+    text = "\n".join(summary.render(table, ctx, {"selected": None}))
+    assert "**Nothing deployed**" in text and f"**`{ctx['recommended']}`**" in text

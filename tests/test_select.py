@@ -1,6 +1,7 @@
 """Threshold rules (Clopper-Pearson margin) and choosing the variant to deploy under constraints."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
@@ -88,14 +89,71 @@ def test_constraints_change_the_pick():
     assert selection.pick(assess(objective="auroc", max_latency_ms=3.0), "auroc") == "student_int8"
 
 
-def test_ties_in_latency_go_to_the_higher_validation_auroc():
+def test_ties_in_latency_go_to_the_lower_validation_fpr_then_the_higher_auroc():
     a = {
-        "a": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.9},
-        "b": {"qualified": True, "latency_ms_p50": 1.0, "val_auroc": 0.95},
+        "a": {"qualified": True, "latency_ms_p50": 1.0, "val_fpr": 0.3, "val_auroc": 0.95},
+        "b": {"qualified": True, "latency_ms_p50": 1.0, "val_fpr": 0.2, "val_auroc": 0.90},
+        "c": {"qualified": True, "latency_ms_p50": 1.0, "val_fpr": 0.2, "val_auroc": 0.92},
     }
-    assert selection.pick(a) == "b"
-    a["b"]["val_auroc"] = float("nan")  # undefined AUROC (a class missing from validation) ranks last
-    assert selection.pick(a, "auroc") == "a" and selection.pick(a) == "a"
+    assert selection.pick(a) == "c"
+    a["c"]["val_auroc"] = float("nan")  # undefined AUROC (a class missing from validation) ranks last
+    assert selection.pick(a) == "b" and selection.pick(a, "auroc") == "a"
+    multiclass = {n: {**e, "val_fpr": None} for n, e in a.items()}  # no FPR: AUROC decides
+    assert selection.pick(multiclass) == "a"
+
+
+def timed(latencies, noise, n=5, seed=0):
+    """benchmark.json variants and rounds.csv rows: a per-round factor (the machine's mood) shared by every
+    variant, plus each variant's own noise (fraction) per round, at 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for threads, mood_sd in ((1, 0.02), (2, 0.25)):
+        mood = 1 + rng.normal(0, mood_sd, n)
+        for v, ms in latencies.items():
+            for r in range(n):
+                rows.append(
+                    {
+                        "round": r + 1,
+                        "variant": v,
+                        "threads": threads,
+                        "latency_ms_p50": ms * threads**-0.5 * mood[r] * (1 + rng.normal(0, noise[v])),
+                    }
+                )
+    table = pd.DataFrame(rows)
+    variants = {}
+    for v in latencies:
+        entry = {}
+        for threads, suffix in ((2, ""), (1, "_1t")):
+            x = table[(table.variant == v) & (table.threads == threads)]["latency_ms_p50"]
+            entry[f"latency_ms_p50{suffix}"] = float(x.median())
+            entry[f"latency_ms_p50{suffix}_cov_pct"] = float(100 * x.std() / x.mean())
+        variants[v] = entry
+    return variants, table
+
+
+def test_variants_within_timing_noise_tie_and_the_tie_goes_to_quality():
+    # int8 and int8_kd do the same work (1.00 vs 1.01 ms), noisy within rounds; ort_fp32 is clearly slower
+    latencies = {"int8": 1.0, "int8_kd": 1.01, "ort_fp32": 2.0}
+    variants, rounds = timed(latencies, noise={"int8": 0.08, "int8_kd": 0.08, "ort_fp32": 0.01})
+    quality = {"int8": (0.38, 0.95), "int8_kd": (0.34, 0.95), "ort_fp32": (0.30, 0.96)}
+    assessed = {
+        v: {"qualified": True, "latency_ms_p50": variants[v]["latency_ms_p50"], "val_fpr": f, "val_auroc": a}
+        for v, (f, a) in quality.items()
+    }
+    chosen, timing = selection.decide(assessed, "latency", variants, rounds, main_threads=2)
+    assert timing["threads"] == 1  # the 2-thread rounds swing 25 % together: 1 thread is steadier
+    assert assessed["int8"]["speed"]["tie"] and assessed["int8_kd"]["speed"]["tie"]
+    assert not assessed["ort_fp32"]["speed"]["tie"]  # the best quality, but distinguishably slower
+    assert assessed["ort_fp32"]["speed"]["fastest_speedup_x_ci95"][0] > 1.5
+    assert chosen == "int8_kd"  # fewer validation false alarms wins the tie, whichever was a hair faster
+    # the pick does not follow the noise: other draws of the same timings give the same answer
+    for seed in range(1, 6):
+        variants, rounds = timed(latencies, noise={"int8": 0.08, "int8_kd": 0.08, "ort_fp32": 0.01}, seed=seed)
+        fresh = {v: {**e, "speed": None} for v, e in assessed.items()}
+        assert selection.decide(fresh, "latency", variants, rounds, 2)[0] == "int8_kd"
+    # with one round there is no interval: the benchmark cannot tell anything apart, quality decides
+    one = rounds[rounds["round"] == 1]
+    assert selection.decide({v: dict(e) for v, e in assessed.items()}, "latency", variants, one, 2)[0] == "ort_fp32"
 
 
 def test_none_qualified_message_lists_every_variant_and_by_how_much():

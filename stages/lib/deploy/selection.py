@@ -5,11 +5,14 @@ Only variants that deploy as one ONNX file (runtime onnxruntime) are candidates:
 `screen` run ONNX Runtime without PyTorch. PyTorch variants are listed with the reason they are not.
 """
 
+from stages.lib.metrics import speed
 from stages.lib.params import ParamError, check_int, check_range
 
 OBJECTIVES = {
-    "latency": "among the ONNX Runtime variants that meet every constraint, the lowest batch-1 latency "
-    "(benchmark p50 at base.threads); ties go to the higher validation AUROC, then the name",
+    "latency": "among the ONNX Runtime variants that meet every constraint, the fastest at batch 1; variants "
+    "not distinguishably slower than the fastest (paired speed-up interval over benchmark rounds includes 1x, "
+    "at the steadier thread count) tie with it, and a tie goes to quality: the lower validation FPR at the "
+    "target recall, then the higher validation AUROC, then the name",
     "auroc": "among the ONNX Runtime variants that meet every constraint, the highest validation AUROC; "
     "ties go to the lower batch-1 latency, then the name",
 }
@@ -80,23 +83,46 @@ def assess(bench_variants, evaluations, sel):
     return out
 
 
-def pick(assessed, objective="latency"):
-    """The qualified variant by OBJECTIVES[objective], or None."""
+def quality_key(e):
+    """Better quality sorts first: lower validation FPR at the target recall, then higher validation AUROC."""
+    auroc = e["val_auroc"] if e["val_auroc"] == e["val_auroc"] else float("-inf")  # NaN (a class missing) last
+    return (e["val_fpr"] if e["val_fpr"] is not None else 0.0, -auroc)
 
-    def key(name):
-        e = assessed[name]
-        auroc = (
-            e["val_auroc"] if e["val_auroc"] == e["val_auroc"] else float("-inf")
-        )  # NaN (a class missing) ranks last
-        e = {**e, "val_auroc": auroc}
-        return (
-            (e["latency_ms_p50"], -e["val_auroc"], name)
-            if objective == "latency"
-            else (-e["val_auroc"], e["latency_ms_p50"], name)
-        )
 
+def pick(assessed, objective="latency", ties=None):
+    """The qualified variant by OBJECTIVES[objective], or None.
+
+    `ties` (metrics.speed.latency_ties over the qualified variants) says which tie with the fastest; without
+    it, latency is compared on the point median (a test shortcut, not what the stage does).
+    """
     qualified = [name for name, e in assessed.items() if e["qualified"]]
-    return min(qualified, key=key) if qualified else None
+    if not qualified:
+        return None
+    if objective == "auroc":
+        return min(qualified, key=lambda n: (quality_key(assessed[n])[1], assessed[n]["latency_ms_p50"], n))
+    if ties is None:
+        fastest = min(assessed[n]["latency_ms_p50"] for n in qualified)
+        tied = [n for n in qualified if assessed[n]["latency_ms_p50"] == fastest]
+    else:
+        tied = [n for n in qualified if ties[n]["tie"]]
+    return min(tied, key=lambda n: (*quality_key(assessed[n]), ties[n]["latency_ms_p50"] if ties else 0, n))
+
+
+def decide(assessed, objective, variants, rounds, main_threads):
+    """The pick and how latency was judged: (variant or None, timing record for metrics/select.json).
+
+    Latency is compared at the steadier thread count among the qualified variants, with paired intervals
+    (lib/metrics/speed); every qualified variant gets its speed entry in `assessed`.
+    """
+    qualified = [name for name, e in assessed.items() if e["qualified"]]
+    if not qualified:
+        return None, None
+    threads, covs = speed.steady_threads(variants, qualified, main_threads)
+    fastest, ties = speed.latency_ties(rounds, qualified, threads)
+    for name in qualified:
+        assessed[name]["speed"] = ties[name]
+    timing = {"threads": threads, "median_cov_pct": covs, "fastest": fastest, "rule": speed.RULE}
+    return pick(assessed, objective, ties), timing
 
 
 def describe_failures(failed):
@@ -146,97 +172,3 @@ def none_qualified_message(assessed, sel):
         lines.append(f"  closest: {near['variant']}, bound by {near['binding']} ({near['value']} vs {near['limit']})")
     lines += [f"  {name}: {describe_failures(e['failed'])}" for name, e in assessed.items()]
     return "\n".join(lines)
-
-
-def none_qualified_line(sel_result):
-    """One sentence for when no variant met every constraint: the closest one and what binds it."""
-    near = sel_result.get("closest")
-    if near is None:
-        return "no variant runs in a deployable runtime (ONNX Runtime); add an ONNX recipe to compare.recipes."
-    unit = CONSTRAINTS.get(near["binding"], ("", "", ""))[2]
-    return (
-        f"the closest, `{near['variant']}`, misses `select.{near['binding']}` by {near['by']:g}{unit} "
-        f"({near['value']} vs {near['limit']}); `artifacts/deploy/` holds no model and `screen` refuses it. "
-        "Relax that constraint or improve the model."
-    )
-
-
-def _ci(value, interval):
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
-
-
-def report_section(sel_result, evaluations):
-    """REPORT.md lines: the constraints and rule, every variant's verdict, the pick's honest test estimate,
-    the screen command's end-to-end speed next to the model-only benchmark, the skew check, and the
-    effect of each threshold rule."""
-    c = {k: v for k, v in sel_result["constraints"].items() if v is not None}
-    chosen = sel_result["selected"]
-    out = [
-        "",
-        "## Deployment: the selected variant",
-        "",
-        f"Constraints (params `select.*`, null = off): {c or 'none'}. Rule: {sel_result['rule']}. "
-        "Decided on validation metrics and the benchmark only; `min_recall` is checked against the one-sided "
-        "95 % lower bound of validation recall at the variant's threshold (multi-class: validation macro recall).",
-        "",
-        "| variant | runtime | val recall (95 % lower bound) | val FPR | val AUROC | p50 ms | MB | peak RSS MB | "
-        "margin to each constraint | qualified |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, e in sel_result["variants"].items():
-        verdict = "**selected**" if name == chosen else ("yes" if e["qualified"] else describe_failures(e["failed"]))
-        fpr = "" if e["val_fpr"] is None else f"{e['val_fpr']:.3f}"
-        margins = ", ".join(f"{k} {m:+g}" for k, m in e.get("margins", {}).items())
-        out.append(
-            f"| {name} | {e['runtime']} | {e['val_recall']:.3f} ({e['val_recall_bound']:.3f}) | {fpr} | "
-            f"{e['val_auroc']:.3f} | {e['latency_ms_p50']:.3f} | {e['size_mb']:.2f} | {e['peak_rss_mb']:.0f} | "
-            f"{margins} | {verdict} |"
-        )
-    if chosen is None:
-        return [*out, "", "**No variant qualified, so nothing is deployed**: " + none_qualified_line(sel_result)]
-    test, scr, sk = sel_result["test"], sel_result["screen"], sel_result["skew"]
-    out += [
-        "",
-        f"**{chosen}** ships in `artifacts/deploy/` (model sha256 `{sel_result['model_sha256'][:16]}...`). "
-        "Its test metrics, the honest estimate (test played no part in the choice): "
-        + (
-            f"recall {_ci(test['recall'], test.get('recall_ci95'))}, FPR {_ci(test['fpr'], test.get('fpr_ci95'))}, "
-            f"AUROC {_ci(test['auroc'], test.get('auroc_ci95'))} at threshold {test['threshold']:.4g} "
-            f"({test['threshold_rule']} rule{', fallback' if test['threshold_fallback'] else ''})."
-            if "recall" in test
-            else f"macro recall {_ci(test['macro_recall'], test.get('macro_recall_ci95'))}."
-        ),
-        "",
-        f"`python -m stages.screen artifacts/deploy <images or folders>` on {scr['images']} raw images of the "
-        f"data set, decoding included, in a fresh process without PyTorch: **{scr['images_per_s']:.1f} images/s** "
-        f"({scr['threads']} threads, batch {scr['batch_size']}; {scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s "
-        f"in the model); the model alone in the benchmark: {scr['model_only_throughput_img_s']:.1f} images/s "
-        f"(batch {scr['model_only_batch_size']}, median over rounds). One run, measured by the select stage.",
-        "",
-        f"Skew check: screening the {sk['images']} raw test images reproduces evaluate's scores within "
-        f"{sk['max_abs_score_diff']:.2g} (tolerance {sk['tolerance']:g}) with {sk['verdict_mismatches']} "
-        "verdicts differing; the stage fails otherwise.",
-    ]
-    rules = {n: ev["by_rule"] for n, ev in evaluations.items() if "by_rule" in ev}
-    if rules:
-        out += [
-            "",
-            "### Threshold rule: highest vs lower_bound",
-            "",
-            "`highest`: the highest threshold whose validation recall reaches `evaluate.target_recall`; "
-            "`lower_bound`: the highest whose one-sided 95 % Clopper-Pearson lower bound does (the margin). "
-            "Test recall with its exact 95 % interval and test FPR at each rule's threshold.",
-            "",
-            "| variant | highest: threshold | test recall | test FPR | lower_bound: threshold | val recall bound "
-            "| test recall | test FPR |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, r in rules.items():
-            h, lb = r["highest"], r["lower_bound"]
-            flag = " (fallback)" if lb["fallback"] else ""
-            out.append(
-                f"| {name} | {h['threshold']:.4g} | {_ci(h['recall'], h['recall_ci95'])} | {h['fpr']:.3f} | "
-                f"{lb['threshold']:.4g}{flag} | {lb['val_recall_lower_bound']:.3f} | "
-                f"{_ci(lb['recall'], lb['recall_ci95'])} | {lb['fpr']:.3f} |"
-            )
-    return out

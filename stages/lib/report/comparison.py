@@ -13,6 +13,7 @@ import pandas as pd
 
 from stages.lib import metrics
 from stages.lib.errors import ParamError
+from stages.lib.metrics import speed
 
 # Table columns by task. Binary screens are judged at matched recall: the operating point is the
 # validation-chosen threshold (recall, FPR), and the threshold-free columns say how well a model
@@ -138,20 +139,26 @@ def pareto_front(table, cost, quality):
     return front
 
 
-def recommend(table, guards):
-    """The fastest variant whose `guards` metrics are not distinguishably worse than the reference's.
+def recommend(table, guards, ev):
+    """The fastest variant whose `guards` metrics are not distinguishably worse than the reference's, judged as
+    `select` judges latency (lib/metrics/speed): variants that tie with the fastest go to the better first guard.
 
-    Ties in latency go to the higher-ranked quality (first guard). Returns (variant, rule text).
+    Returns (variant, rule text).
     """
     ok = np.ones(len(table), dtype=bool)
     for g in guards:
         col = f"{g}_delta_pt_verdict"
         if col in table:
             ok &= (table[col] != "worse").to_numpy()
-    first = table[guards[0]] if not lower_is_better(guards[0]) else -table[guards[0]]
-    candidates = table[ok].assign(_q=first[ok]).sort_values(["latency_ms_p50", "_q"], ascending=[True, False])
+    candidates = list(table.index[ok])
+    threads, _ = speed.steady_threads(ev.benchmarked, candidates, ev.threads)
+    _, ties = speed.latency_ties(ev.rounds, candidates, threads)
+    sign = 1 if lower_is_better(guards[0]) else -1
+    tied = [v for v in candidates if ties[v]["tie"]]
+    best = min(tied, key=lambda v: (sign * table.loc[v, guards[0]], ties[v]["latency_ms_p50"], v))
     rule = (
-        f"the lowest batch-1 latency among variants whose {' and '.join(guards)} are not distinguishably "
-        f"worse than the reference's (paired 95 % intervals); ties go to the higher {guards[0]}"
+        f"among variants whose {' and '.join(guards)} are not distinguishably worse than the reference's (paired "
+        f"95 % intervals), the fastest at batch 1, where {speed.RULE} (here {threads} thread(s)); a tie goes to "
+        f"the better {guards[0]}"
     )
-    return candidates.index[0], rule
+    return best, rule
