@@ -9,10 +9,13 @@ size, resolved recipe: evaluate and benchmark read it); static INT8 also writes
 <out_dir>/calibration.json (the activation ranges ORT calibrated). The metrics say how far the
 variant moved from the FP32 model on validation images (never test): top-1 agreement, logit
 difference, paired deltas in AUROC and FPR at the target recall, and whether that drop is larger
-than `quantize.max_drop_pt` ("PTQ hurt"); static INT8 adds its most sensitive layers.
+than `quantize.max_drop_pt` ("PTQ hurt"); static INT8 adds its most sensitive layers. Kind `ort_auto`
+(accuracy-controlled INT8) also records the loop that chose its float layers: `auto_steps` (the paired deltas
+against the ONNX FP32 graph at each step), `fp32_layers_kept`, `auto_fit`.
 """
 
 import argparse
+import functools
 import logging
 import os
 import shutil
@@ -94,29 +97,38 @@ def publish(partial, out, path):
     return out / path.name
 
 
-def fallback(static, target, x_sens, k, threads):
-    """Per-layer sensitivity of the static INT8 graph; with k > 0, re-quantize keeping in float the k layers whose
-    INT8 alone costs the logits most (lib/sensitivity.py says why not the cheaper input-noise ranking)."""
+def fallback(static, target, x_sens, setting, threads, x_val=None, judge=None):
+    """Per-layer sensitivity of the static INT8 graph; with `fp32_layers: k` > 0, re-quantize keeping in float the k
+    layers whose INT8 alone costs the logits most (lib/sensitivity.py says why not the cheaper input-noise ranking);
+    kind `ort_auto` keeps as many as the validation drop needs (sensitivity.keep_until_fit: `judge` scores a graph's
+    logits on the images `x_val` against the float graph's, `val_deltas` with the labels and rule bound)."""
     rows = sensitivity.layer_sensitivity(static["prep"], target, x_sens)
     out = {f"sensitive_{i + 1}": r for i, r in enumerate(rows[:5])}
+    prep, kw = static["prep"], {"cache": static["cache"], "op_types": static["ops"], **static["opts"]}
+
+    def rank():
+        only = lambda names, path: quantization.quantize_static_qdq(prep, path, only=names, **kw)  # noqa: E731
+        return sensitivity.output_sensitivity(prep, [r["node"] for r in rows], x_sens, threads, quantize_only=only)
+
+    def requantize(keep, path):
+        return quantization.quantize_static_qdq(prep, path, exclude=keep, **kw)
+
+    if setting["kind"] == "ort_auto":
+        cap = setting["max_fp32_layers"]
+        found = sensitivity.keep_until_fit(target, prep, x_val, judge, rank, requantize, cap, threads)
+        return {"layers_quantized": len(rows), **found, **out}
     keep = []
-    if k:
-        prep, kw = static["prep"], {"cache": static["cache"], "op_types": static["ops"], **static["opts"]}
-        ranked = sensitivity.output_sensitivity(
-            prep,
-            [r["node"] for r in rows],
-            x_sens,
-            threads,
-            quantize_only=lambda names, path: quantization.quantize_static_qdq(prep, path, only=names, **kw),
-        )
-        keep = sensitivity.most_sensitive(ranked, k)
-        quantization.quantize_static_qdq(prep, target, exclude=keep, **kw)
+    if setting["fp32_layers"]:
+        ranked = rank()
+        keep = sensitivity.most_sensitive(ranked, setting["fp32_layers"])
+        requantize(keep, target)
         out |= {f"output_sensitive_{i + 1}": r for i, r in enumerate(ranked[:5])}
     return {"layers_quantized": len(rows), "fp32_layers_kept": keep, **out}
 
 
 def val_deltas(ref_logits, logits, y, task, target_recall, max_drop_pt, draws, seed):
-    """Paired validation deltas (variant - FP32) in points, and whether one is worse than max_drop_pt."""
+    """Paired validation deltas (variant - FP32) in points, the worst drop among them (positive: worse), and
+    whether it is larger than max_drop_pt."""
     p_ref, p_new = runtime.softmax(ref_logits), runtime.softmax(logits)
     if task == "binary":
         names = ["auroc", metrics.pct_name("fpr_at_recall", target_recall)]
@@ -128,19 +140,19 @@ def val_deltas(ref_logits, logits, y, task, target_recall, max_drop_pt, draws, s
     ci = metrics.paired_delta_ci(a, b, y, names, draws, seed, k)
     whole = np.arange(len(y))[None]  # the validation set itself: one "resample" that is the identity
     va_all, vb_all = (metrics.resampled(y, d["pred"], d["score"], whole, names, k) for d in (a, b))
-    out, hurt = {}, False
+    out, drops = {}, []
     for name in names:
         va, vb = float(va_all[name][0]), float(vb_all[name][0])
         delta = round((va - vb) * 100, 2)
-        worse = delta > max_drop_pt if name.startswith("fpr") else delta < -max_drop_pt
-        hurt |= bool(worse)
+        drops.append(delta if name.startswith("fpr") else -delta)  # more false alarms, or less of the rest
         out |= {
             f"val_{name}_fp32": round(vb, 4),
             f"val_{name}": round(va, 4),
             f"val_{name}_delta_pt": delta,
             f"val_{name}_delta_pt_ci95": [round(v * 100, 2) for v in ci[name]],
         }
-    return out, hurt
+    worst = max(drops) + 0.0  # never -0.0
+    return out | {"val_worst_drop_pt": worst}, bool(worst > max_drop_pt)
 
 
 def main():
@@ -168,6 +180,16 @@ def main():
     calib = data.to_float(data.load_split(args.data_dir, "train", size, limit=n_calib)[0]).numpy()
     x_val, y_val = data.load_split(args.data_dir, "val", size)
     x_val, y_val = data.to_float(x_val).numpy(), y_val.numpy()
+    ev = p["evaluate"]
+    judge = functools.partial(  # (FP32 logits, variant logits) on x_val -> (paired deltas, PTQ hurt?)
+        val_deltas,
+        y=y_val,
+        task=data.read_info(args.data_dir)["task"],
+        target_recall=ev["target_recall"],
+        max_drop_pt=q["max_drop_pt"],
+        draws=ev["bootstrap"],
+        seed=seed,
+    )
     # The variant's files are made in a hidden folder inside `out` and moved in when complete (publish).
     with (
         tempfile.TemporaryDirectory(prefix="quantize.") as tmp,
@@ -186,7 +208,7 @@ def main():
             stats |= static.pop(extra, {})
         if static:
             x_sens = x_val[: q["sensitivity_images"]]
-            stats |= fallback(static, path, x_sens, setting["fp32_layers"], p["base"]["threads"])
+            stats |= fallback(static, path, x_sens, setting, p["base"]["threads"], x_val, judge)
             stats["calibration_images"] = len(calib)
         path = publish(Path(partial), out, path)
     info = {
@@ -213,17 +235,7 @@ def main():
         logits = np.concatenate([runner(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
         stats["val_top1_agreement"] = round(float(np.mean(ref_logits.argmax(1) == logits.argmax(1))), 4)
         stats["val_max_abs_logit_diff"] = round(float(np.abs(ref_logits - logits).max()), 4)
-        task = data.read_info(args.data_dir)["task"]
-        deltas, hurt = val_deltas(
-            ref_logits,
-            logits,
-            y_val,
-            task,
-            p["evaluate"]["target_recall"],
-            q["max_drop_pt"],
-            p["evaluate"]["bootstrap"],
-            seed,
-        )
+        deltas, hurt = judge(ref_logits, logits)
         stats |= deltas | {"ptq_hurt": hurt, "max_drop_pt": q["max_drop_pt"]}
     write_json(args.metrics, stats)
     log.info("%s (%s): %s", args.variant, card["arch"], {k: v for k, v in stats.items() if not isinstance(v, dict)})

@@ -23,21 +23,27 @@ BOOL = {True, False}
 WEIGHT_TYPES = {"int8", "uint8"}
 REDUCE_RANGE = {"auto", True, False}  # auto = 7-bit weights only without VNNI (AVX2/AVX-512 u8s8 sums saturate)
 OP_TYPES = {"auto", "all", "vit_safe"}  # auto = vit_safe for transformers (Softmax/LayerNorm/GELU/Add stay float)
-# Options per kind: name -> (default, allowed values: a set, or ("int", minimum)).
+# Static QDQ's options: name -> (default, allowed values: a set, or ("int", minimum)).
+STATIC = {
+    "per_channel": (True, BOOL),  # one weight scale per output channel: depthwise convs need it
+    "calibrate_method": ("minmax", {"minmax", "entropy", "percentile"}),
+    "calibration_images": (128, ("int", 1)),  # training images; more changes little beyond ~100
+    "activation_type": ("auto", {"auto", "uint8", "int8"}),  # auto = uint8 (U8S8, the x86 kernels' format)
+    "weight_type": ("int8", WEIGHT_TYPES),
+    "reduce_range": ("auto", REDUCE_RANGE),
+    "fp32_layers": (0, ("int", 0)),  # the k layers whose INT8 alone costs the logits most stay float
+    "op_types": ("auto", OP_TYPES),
+}
+# Options per kind, as STATIC.
 KINDS = {
     "torch": {},  # the model.pt as trained, run in PyTorch eager
     "onnx_fp32": {},  # the same weights exported to ONNX, run in ONNX Runtime FP32
     "onnx_fp16": {},  # FP16 weights and compute, float32 inputs and outputs
-    "ort_static": {  # static QDQ: activation ranges from calibration images
-        "per_channel": (True, BOOL),  # one weight scale per output channel: depthwise convs need it
-        "calibrate_method": ("minmax", {"minmax", "entropy", "percentile"}),
-        "calibration_images": (128, ("int", 1)),  # training images; more changes little beyond ~100
-        "activation_type": ("auto", {"auto", "uint8", "int8"}),  # auto = uint8 (U8S8, the x86 kernels' format)
-        "weight_type": ("int8", WEIGHT_TYPES),
-        "reduce_range": ("auto", REDUCE_RANGE),
-        "fp32_layers": (0, ("int", 0)),  # the k layers whose INT8 alone costs the logits most stay float
-        "op_types": ("auto", OP_TYPES),
-    },
+    "ort_static": STATIC,  # static QDQ: activation ranges from calibration images
+    # Accuracy-controlled static QDQ (lib/sensitivity.py, keep_until_fit): all-INT8 first, then the most
+    # sensitive layers back to float one at a time until the paired validation drop fits quantize.max_drop_pt.
+    "ort_auto": {k: v for k, v in STATIC.items() if k != "fp32_layers"}
+    | {"max_fp32_layers": (8, ("int", 0))},  # the cap: past it the variant keeps the best found, marked unfit
     "ort_dynamic": {  # weights INT8, activation ranges computed per call
         "per_channel": (True, BOOL),
         "weight_type": ("int8", WEIGHT_TYPES),
@@ -53,6 +59,7 @@ RUNTIME = {
     "onnx_fp32": "onnxruntime",
     "onnx_fp16": "onnxruntime",
     "ort_static": "onnxruntime",
+    "ort_auto": "onnxruntime",
     "ort_dynamic": "onnxruntime",
     "cluster": "torch",
     "pt2e": "torch_pt2e",

@@ -22,11 +22,16 @@ layers whose INT8 alone costs the logits most; keeping those two in float repair
 whose INT8 model had broken. It costs one re-quantization (from the calibration cache) and one
 pass over the images per layer, so it runs only when a recipe keeps layers in float.
 
+`keep_until_fit` (recipe kind `ort_auto`) picks how many by the accuracy they cost: it keeps in float the next
+layer by the output ranking until the paired validation deltas against the FP32 model fit `quantize.max_drop_pt`
+(the rule "PTQ hurt" applies to every variant: a point delta, so that the two agree), or a cap is reached.
+
 Only layers with weights (Conv, MatMul, Gemm) are ranked: excluding one keeps its weights and arithmetic
 float. A weightless op (a residual Add) between quantized layers would still be fused into an INT8
 kernel by ONNX Runtime (its inputs and output are quantized for its neighbours), so it cannot fall back.
 """
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -36,6 +41,8 @@ import onnx
 from onnx import numpy_helper
 
 from stages.lib import quantization
+
+log = logging.getLogger(__name__)
 
 
 def sqnr_db(reference, noisy):
@@ -155,3 +162,79 @@ def output_sensitivity(float_path, nodes, x, threads, quantize_only):
 def most_sensitive(rows, k):
     """Names of the k most sensitive nodes (lowest SQNR) to keep in float, with their fused activations."""
     return [n for r in rows[:k] for n in (r["node"], *r.get("fused", []))]
+
+
+def keep_until_fit(target, reference, x, judge, rank, requantize, cap, threads):
+    """Accuracy-controlled mixed precision (recipe kind `ort_auto`), as NNCF's quantize_with_accuracy_control:
+    start from the all-INT8 graph at `target`; while `judge` finds its validation drop too large, keep in float
+    the next layer by `rank` (output_sensitivity's rows, worst first); stop at the first graph that fits, or after
+    `cap` layers, then keep the smallest drop found (the fewest layers on a tie) and say it did not fit.
+
+    `reference`: the float graph the deltas are paired with (the same model in ONNX Runtime FP32); `x`: the
+    validation images; `judge(ref_logits, logits)` -> (deltas, hurt), deltas holding `val_worst_drop_pt`;
+    `rank()` is called only when the all-INT8 graph does not fit (it costs a pass per layer);
+    `requantize(keep, path)` writes the recipe with the node names `keep` in float. The pick is written to
+    `target`: when nothing needs float, `target` is left as it was, byte for byte the plain static recipe.
+    """
+    from stages.lib import runtime
+
+    def logits(path):
+        run = runtime.load_runner(path, "onnxruntime", threads)
+        return np.concatenate([run(np.ascontiguousarray(x[i : i + 64], np.float32)) for i in range(0, len(x), 64)])
+
+    ref = logits(reference)
+    steps, ranked = [], []
+    with tempfile.TemporaryDirectory(prefix="auto.") as tmp:
+        path = Path(tmp) / "0.onnx"
+        path.write_bytes(Path(target).read_bytes())
+        for k in range(cap + 1):
+            if k == 1:
+                ranked = rank()
+            if k > len(ranked):  # every ranked layer is float already
+                break
+            if k:
+                path = requantize(most_sensitive(ranked, k), Path(tmp) / f"{k}.onnx")
+            deltas, hurt = judge(ref, logits(path))
+            kept = ranked[k - 1]["node"] if k else None
+            steps.append({"fp32_layers": k, "added": kept, **_step_deltas(deltas), "fits": not hurt, "path": path})
+            what = f"{k} layers in float (last {kept})" if k else "all-INT8"
+            verdict = "over quantize.max_drop_pt" if hurt else "fits"
+            log.info("%s: worst paired val drop %s pt, %s", what, deltas["val_worst_drop_pt"], verdict)
+            if not hurt:
+                break
+        best = next((s for s in steps if s["fits"]), None) or min(steps, key=lambda s: s["val_worst_drop_pt"])
+        if best["fp32_layers"]:
+            Path(target).write_bytes(best["path"].read_bytes())
+    kept = most_sensitive(ranked, best["fp32_layers"])
+    return {
+        "auto_fit": best["fits"],
+        "auto_fp32_layers": best["fp32_layers"],  # ranked layers in float (fp32_layers_kept adds their activations)
+        "auto_max_fp32_layers": cap,
+        "fp32_layers_kept": kept,
+        "fp32_macs_pct": float_macs_pct(reference, kept),
+        "auto_steps": [{k: v for k, v in s.items() if k != "path"} for s in steps],
+        **{f"output_sensitive_{i + 1}": r for i, r in enumerate(ranked[:5])},
+    }
+
+
+def _step_deltas(deltas):
+    """What a step of keep_until_fit records: the paired deltas (points), their intervals and the worst drop."""
+    return {k: v for k, v in deltas.items() if "_delta_pt" in k or k == "val_worst_drop_pt"}
+
+
+def float_macs_pct(float_path, names):
+    """Share (%) of the graph's multiply-accumulates (Conv, MatMul, Gemm, per image) in the nodes `names`: what
+    keeping them in float costs, as a proxy (the benchmark stage measures the variant's latency itself)."""
+    graph = onnx.load(str(float_path), load_external_data=False).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.value_info, *graph.output]}
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    macs = {}
+    for node in graph.node:
+        w, out = weights.get(node.input[1]) if len(node.input) > 1 else None, shapes.get(node.output[0])
+        if node.op_type in ("Conv", "MatMul", "Gemm") and w and out:
+            per_output = math.prod(w[1:]) if node.op_type == "Conv" else w[0]  # Gemm/MatMul: (in, out) or transB
+            if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+                per_output = w[1]
+            macs[node.name] = math.prod(out[1:]) * per_output
+    total = sum(macs.values())
+    return round(100 * sum(macs.get(n, 0) for n in names) / total, 2) if total else None
