@@ -13,6 +13,11 @@ after warm-up calls: batch-1 latency p50/p90/p99 and batch-N throughput at 1 thr
 over rounds, the coefficient of variation and a 95 % interval; the per-round rows go to a CSV
 so the report can compute paired speed-ups (both variants measured in the same rounds).
 The result names the machine fingerprint it was measured on; a new fingerprint re-measures all.
+
+Where the fingerprint lists a GPU and torch sees CUDA, GPU rounds follow (lib/runtime/gpu_rounds): FP16/BF16
+channels_last, batch-1 host-to-host latency through CUDA graphs, a throughput sweep, torch.compile, peak GPU
+memory; a `gpu` dict per variant. `--gpu-only` skips the CPU rounds (a lent GPU machine without DVC, on copied
+artifacts: docs/scaling.md#the-gpu-benchmark); without `--models`/`--recipes` the variants are params `compare`.
 """
 
 import argparse
@@ -29,7 +34,7 @@ from tqdm import tqdm
 
 from stages.lib import errors, metrics, params, runtime
 from stages.lib.outputs import read_json, write_json
-from stages.lib.runtime import timing
+from stages.lib.runtime import gpu_rounds, timing
 
 log = logging.getLogger("benchmark")
 
@@ -130,16 +135,6 @@ def run_rounds(variants, threads, image_size, b, seed, channels_last):
                         "peak_rss_mb": res["peak_rss_mb"],
                     }
                 )
-            if any(k.startswith("gpu_") for k in res):
-                rows.append(
-                    {
-                        "round": r,
-                        "position": position,
-                        "variant": name,
-                        "threads": "gpu",
-                        **{k.removeprefix("gpu_"): res[k] for k in res if k.startswith("gpu_")},
-                    }
-                )
         log.info("round %d/%d done%s", r, b["rounds"], " (warm-up, not recorded)" if r < 1 else "")
     bar.close()
     return pd.DataFrame(rows), last
@@ -167,17 +162,6 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
                 f"throughput_img_s{suffix}": round(thr["median"], 1),
                 f"throughput_img_s{suffix}_cov_pct": round(thr["cov_pct"], 2),
             }
-        gpu = mine[mine["threads"] == "gpu"]
-        if len(gpu):
-            entry |= {
-                "gpu_latency_ms_p50": round(float(gpu["latency_ms_p50"].median()), 4),
-                "gpu_throughput_img_s": round(float(gpu["throughput_img_s"].median()), 1),
-            }
-            if "fp16_latency_ms_p50" in gpu and gpu["fp16_latency_ms_p50"].notna().any():
-                entry |= {
-                    "gpu_fp16_latency_ms_p50": round(float(gpu["fp16_latency_ms_p50"].median()), 4),
-                    "gpu_fp16_throughput_img_s": round(float(gpu["fp16_throughput_img_s"].median()), 1),
-                }
         core_hours = 1e6 / entry["throughput_img_s"] / 3600 * main_threads
         entry |= {
             "size_mb": round(Path(spec["model"]).stat().st_size / 2**20, 3),
@@ -195,53 +179,82 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
     return out
 
 
+def gpu_only_summary(variants, fingerprint_id):
+    """`--gpu-only`: per variant what needs no CPU round (file, size, runtime); the GPU rounds add the rest."""
+    return {
+        name: {
+            "size_mb": round(Path(spec["model"]).stat().st_size / 2**20, 3),
+            "runtime": spec["runtime"],
+            "model_file": spec["model"],
+            "fingerprint_id": fingerprint_id,
+        }
+        for name, spec in variants.items()
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fingerprint", help="machine fingerprint JSON (the fingerprint stage)")
     parser.add_argument("variants_dir", help="one folder per variant (the quantize stage's outputs)")
     parser.add_argument("metrics", help="per-variant summary JSON")
     parser.add_argument("rounds_csv", help="one row per round, variant and thread count")
+    parser.add_argument("--gpu-only", action="store_true", help="GPU rounds only, no CPU rounds (a lent GPU machine)")
     args, extra = parser.parse_known_args()
     p = params.load("base", "benchmark", "compare")
     b = check(p)
+    k = gpu_rounds.knobs(b)
+    if not extra:  # outside DVC: the variants of params `compare`, as dvc.yaml passes them
+        extra = ["--models", *p["compare"]["models"], "--recipes", *p["compare"]["recipes"]]
     variants = parse_variants(extra, args.variants_dir)
     fingerprint = read_json(args.fingerprint)
     base = p["base"]
     threads = sorted({1, base["threads"]})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    log.info(
-        "%d variants x %d rounds on %s (%s), threads %s",
-        len(variants),
-        b["rounds"],
-        fingerprint["cpu"],
-        fingerprint["id"],
-        threads,
-    )
 
-    rows, last = run_rounds(variants, threads, base["image_size"], b, base["seed"], base["channels_last"])
+    if args.gpu_only:
+        rows, result = pd.DataFrame(), gpu_only_summary(variants, fingerprint["id"])
+    else:
+        log.info(
+            "%d variants x %d rounds on %s (%s), threads %s",
+            len(variants),
+            b["rounds"],
+            fingerprint["cpu"],
+            fingerprint["id"],
+            threads,
+        )
+        rows, last = run_rounds(variants, threads, base["image_size"], b, base["seed"], base["channels_last"])
+        result = summary(rows, last, variants, threads, b, fingerprint["id"])
+    gpu_rows, gpu, gpu_run = gpu_rounds.phase(
+        variants, base["image_size"], base["seed"], b, k, fingerprint, args.gpu_only, log
+    )
+    for name, entry in gpu.items():
+        result[name]["gpu"] = entry
     Path(args.rounds_csv).parent.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(args.rounds_csv, index=False)
-    result = summary(rows, last, variants, threads, b, fingerprint["id"])
+    (rows if gpu_rows is None else pd.concat([rows, gpu_rows], ignore_index=True)).to_csv(args.rounds_csv, index=False)
     write_json(
         args.metrics,
         {
             "variants": result,
             "fingerprint": fingerprint,
-            "rounds": b["rounds"],
+            "rounds": 0 if args.gpu_only else b["rounds"],  # CPU rounds
             "threads": threads,
             "image_size": base["image_size"],
             "batch_size": b["batch_size"],
-        },
+        }
+        | ({"gpu": gpu_run} if gpu_run else {}),  # only where a GPU ran: a CPU machine's file is as it was
     )
     for name, e in result.items():
-        log.info(
-            "%-26s p50 %8.3f ms (CoV %4.1f %%)  %8.1f img/s  %7.2f MB",
-            name,
-            e["latency_ms_p50"],
-            e["latency_ms_p50_cov_pct"],
-            e["throughput_img_s"],
-            e["size_mb"],
-        )
+        if not args.gpu_only:
+            log.info(
+                "%-26s p50 %8.3f ms (CoV %4.1f %%)  %8.1f img/s  %7.2f MB",
+                name,
+                e["latency_ms_p50"],
+                e["latency_ms_p50_cov_pct"],
+                e["throughput_img_s"],
+                e["size_mb"],
+            )
+        if "gpu" in e:
+            log.info("%-26s GPU %s", name, gpu_rounds.headline(e["gpu"]))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Run any variant the same way: float32 NCHW images in [0, 1] -> logits, on CPU or GPU.
+"""Run any variant the same way: float32 NCHW images in [0, 1] -> logits, on CPU or GPU (eager; the
+benchmark's GPU path, with CUDA graphs and torch.compile, is lib/runtime/gpu).
 
 torch is imported only for PyTorch variants, so a process that runs an ONNX Runtime
 variant holds ORT's memory alone, as it would in deployment. Each runner records the
@@ -49,13 +50,6 @@ class TorchRunner:
             "device": device,
             "torch": torch.__version__,
         }
-
-    def half(self):
-        """FP16 weights and compute (what a GPU runs fast); inputs are cast, logits come back float32."""
-        self.model.half()
-        self.dtype = self.torch.float16
-        self.settings = {**self.settings, "dtype": "float16"}
-        return self
 
     def __call__(self, x):
         with self.torch.inference_mode():
@@ -136,18 +130,6 @@ def load_runner(path, runtime, threads, device="cpu", channels_last=False):
         return pt2e.Pt2eRunner(path, threads, device, channels_last)
     cls = {"torch": TorchRunner, "onnxruntime": OrtRunner}[runtime]
     return cls(path, threads, device, channels_last)
-
-
-def gpu_available(runtime):
-    if runtime == "torch_pt2e":
-        return False  # the X86 Inductor INT8 program is CPU only
-    if runtime == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def softmax(logits):

@@ -5,6 +5,7 @@ so every measurement gets a cold process (no allocator or cache state carried ov
 another variant) and ONNX Runtime variants never import torch. The process prints one
 JSON line: batch-1 latency percentiles and batch-N throughput at each thread count,
 peak RSS, and the runtime settings it used. Statistics over rounds are in lib/metrics.
+These processes are CPU only; GPU rounds run lib/runtime/gpu (lib/runtime/gpu_rounds).
 
 Call sets are time-boxed (at least `min_calls` calls and `seconds` of calls), so the
 benchmark's wall time grows linearly with the number of variants, not with their speed.
@@ -52,7 +53,8 @@ def measure(runner, image_size, batch_size, seconds, min_calls, warmup, prefix="
 
 
 def run_variant(model, runtime_name, threads, image_size, batch_size, seconds, min_calls, warmup, channels_last):
-    """Everything measured for one variant in this process: one block per thread count, then GPU."""
+    """Everything measured for one variant in this process: one block per thread count (the GPU path is
+    lib/runtime/gpu, in processes of its own)."""
     result = {"runtime": runtime_name}
     for n in threads:
         runner = runtime.load_runner(model, runtime_name, n, channels_last=channels_last)
@@ -60,12 +62,6 @@ def run_variant(model, runtime_name, threads, image_size, batch_size, seconds, m
         result["param_count"] = runner.param_count
         result["settings"] = runner.settings
         del runner
-    if runtime.gpu_available(runtime_name):
-        gpu = runtime.load_runner(model, runtime_name, threads[-1], device="cuda")
-        result.update(measure(gpu, image_size, batch_size, seconds, min_calls, warmup, prefix="gpu_"))
-        result["gpu_settings"] = gpu.settings
-        if runtime_name == "torch":  # FP16 on the GPU's tensor cores (on x86 CPUs FP16 is the slow case)
-            result.update(measure(gpu.half(), image_size, batch_size, seconds, min_calls, warmup, prefix="gpu_fp16_"))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
     result["torch_imported"] = "torch" in sys.modules  # ONNX Runtime variants must run without it
     return result
