@@ -64,3 +64,23 @@ def test_each_recipe_is_paired_with_its_own_ort_fp32_and_ptq_hurt_comes_from_val
     assert f"{by['int8_static_pc']['speedup_vs_fp32_x']:.2f}x" in text  # numbers come from the rows
     report = precision.insert("# R\n\n## Caveats\n\n- x\n", text)
     assert report.index("## Which precision?") < report.index("## Caveats")
+
+    # accuracy-controlled INT8 lists what it kept in float, and says when it did not fit
+    auto = {
+        "kind": "ort_auto",
+        "ptq_hurt": False,
+        "auto_fit": True,
+        "fp32_layers_kept": ["conv_a"],
+        "fp32_macs_pct": 6.5,
+    }
+    rows = precision.rows(
+        ev, table, ["teacher"], ["int8_static_pc"], "teacher_torch_fp32", GUARDS, {"teacher_int8_static_pc": auto}
+    )
+    assert "- `teacher_int8_static_pc`: `conv_a`, 6.5 % of MACs." in precision.section(rows, "r", GUARDS, 1.0)
+    auto |= {"auto_fit": False, "fp32_layers_kept": []}
+    rows = precision.rows(
+        ev, table, ["teacher"], ["int8_static_pc"], "teacher_torch_fp32", GUARDS, {"teacher_int8_static_pc": auto}
+    )
+    assert (
+        "`: nothing (**did not fit**" in (text := precision.section(rows, "r", GUARDS, 1.0)) and "did not fit" in text
+    )

@@ -13,11 +13,7 @@ import pandas as pd
 from stages.lib.report import formatting
 
 TWIN = "ort_fp32"
-PTQ_KINDS = {
-    "ort_static",
-    "ort_dynamic",
-    "pt2e",
-}  # post-training INT8: what QAT is measured against  # the recipe every other recipe of a model is paired with
+PTQ_KINDS = {"ort_static", "ort_auto", "ort_dynamic", "pt2e"}  # post-training INT8: what QAT is measured against
 NOTES = {
     "ort_dynamic": "dynamic INT8: convolutions become ConvInteger, which ONNX Runtime's CPU kernels do not optimise "
     "(and activation ranges are computed at every call); expect it slower than FP32 for CNNs. ConvInteger also "
@@ -64,6 +60,8 @@ def rows(ev, table, models, recipes, reference, guards, quantize_metrics):
             q = quantize_metrics.get(v, {})
             if "size_mb_palettised" in q:  # clustered weights: indices + codebook, what a palette format stores
                 row["size_mb_palettised"] = q["size_mb_palettised"]
+            if "auto_fit" in q:  # accuracy-controlled INT8: what it kept in float to fit quantize.max_drop_pt
+                row["auto"] = {k: q[k] for k in ("auto_fit", "fp32_layers_kept", "fp32_macs_pct") if k in q}
             if "ptq_hurt" in q:
                 row["ptq_hurt"] = q["ptq_hurt"]
                 row["val_deltas_pt"] = {
@@ -124,6 +122,20 @@ def section(prec_rows, reference, guards, max_drop_pt):
             else "No recipe crossed it in this run."
         )
     )
+    auto = [r for r in prec_rows if "auto" in r]
+    if auto:
+        out.append(
+            f"\n**Accuracy-controlled INT8** (`{auto[0]['recipe']}`): all-INT8 first; while the validation drop "
+            f"exceeds `quantize.max_drop_pt`, the next layer by logit sensitivity stays in float. Kept in float:"
+        )
+        for r in auto:
+            a = r["auto"]
+            kept = ", ".join(f"`{x}`" for x in a.get("fp32_layers_kept", [])) or (
+                "nothing: all INT8 fit" if a["auto_fit"] else "nothing"
+            )
+            share = f", {a['fp32_macs_pct']:g} % of MACs" if a.get("fp32_macs_pct") else ""
+            fit = "" if a["auto_fit"] else " (**did not fit** at the cap: the smallest drop found)"
+            out.append(f"- `{r['variant']}`: {kept}{share}{fit}.")
     for model in dict.fromkeys(r["model"] for r in prec_rows):
         mine = [r for r in prec_rows if r["model"] == model and "ptq_hurt" in r]
         qat_rows = [r for r in mine if r["kind"] == "qat"]
