@@ -77,7 +77,7 @@ def test_each_recipe_is_paired_with_its_own_ort_fp32_and_ptq_hurt_comes_from_val
         ev, table, ["teacher"], ["int8_static_pc"], "teacher_torch_fp32", GUARDS, {"teacher_int8_static_pc": auto}
     )
     assert "- `teacher_int8_static_pc`: `conv_a`, 6.5 % of MACs." in precision.section(rows, "r", GUARDS, 1.0)
-    auto |= {"auto_fit": False, "fp32_layers_kept": []}
+    auto |= {"auto_fit": False, "fp32_layers_kept": [], "fp32_macs_pct": 0.0}
     rows = precision.rows(
         ev, table, ["teacher"], ["int8_static_pc"], "teacher_torch_fp32", GUARDS, {"teacher_int8_static_pc": auto}
     )
