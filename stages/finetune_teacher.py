@@ -2,15 +2,16 @@
 
     python -m stages.finetune_teacher data/prepared artifacts/teacher plots/train/teacher metrics/finetune_teacher.json
 
-Arguments, checks and the recipe are shared with train_student (training.supervised_main);
+Arguments, checks and the recipe are shared with train_student (lib/training/supervised.py);
 the model comes from the `finetune_teacher` section of params.yaml.
 """
 
-from stages.lib import errors, training
+from stages.lib import errors
+from stages.lib.training import supervised
 
 
 def main():
-    training.supervised_main("finetune_teacher", __doc__)
+    supervised.main("finetune_teacher", __doc__)
 
 
 if __name__ == "__main__":

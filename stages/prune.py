@@ -18,7 +18,7 @@ from pathlib import Path
 from stages.lib import data, errors, models, params, pruning, training
 from stages.lib.models import families
 from stages.lib.outputs import write_json
-from stages.lib.training import distributed
+from stages.lib.training import distributed, losses
 
 log = logging.getLogger("prune")
 SECTIONS = ("base", "train", "families", "distill", "prune")  # dvc.yaml `params:` of prune and prune_sweep
@@ -30,7 +30,7 @@ def check(p, ratio=None):
     families.check(p["families"])
     sec = {**p["prune"], "ratio": p["prune"]["ratio"] if ratio is None else ratio}
     pruning.check(sec, fams=p["families"])
-    training.check_kd("distill", p["distill"])
+    losses.check_kd("distill", p["distill"])
     return sec
 
 
@@ -59,7 +59,7 @@ def run(p, sec, args):
     where = f"families.{families.family(arch)}.prune_importance" if auto else "prune.importance"
     pruning.check_for_model(sec["importance"], student, where, sec["scope"])
     lr = families.lr(p["train"], p["families"], arch) * sec["lr_scale"]
-    teacher, _ = training.frozen_teacher(args.teacher)  # the KD target of the fine-tunes
+    teacher, _ = losses.frozen_teacher(args.teacher)  # the KD target of the fine-tunes
     train_xy = data.load_split(args.data_dir, "train", size)
     val_xy = data.load_split(args.data_dir, "val", size)
     n_calib = 16 * sec["taylor_batches"]

@@ -20,7 +20,7 @@ from stages.lib import data, errors, models, params, training
 from stages.lib.models import families
 from stages.lib.outputs import write_json
 from stages.lib.pruning import sparsity
-from stages.lib.training import distributed
+from stages.lib.training import distributed, losses
 
 log = logging.getLogger("sparsify")
 SECTIONS = ("base", "train", "families", "distill", "sparsify")
@@ -30,7 +30,7 @@ def check(p, name):
     params.check_base(p["base"])
     training.check_recipe(p["train"])
     families.check(p["families"])
-    training.check_kd("distill", p["distill"])
+    losses.check_kd("distill", p["distill"])
     sec = p["sparsify"]
     if name not in (sec["models"] or {}):
         raise params.ParamError(f"sparsify.models has no {name!r}; expected one of {sorted(sec['models'] or {})}")
@@ -59,7 +59,7 @@ def main():
     size = p["base"]["image_size"]
 
     student, card = models.load(args.student)
-    teacher, _ = training.frozen_teacher(args.teacher)
+    teacher, _ = losses.frozen_teacher(args.teacher)
     dense = sparsity.sizes(student)
     masks = sparsify(student, spec)
     log.info(

@@ -2,15 +2,16 @@
 
     python -m stages.train_student data/prepared artifacts/student plots/train/student metrics/train_student.json
 
-Arguments, checks and the recipe are shared with finetune_teacher (training.supervised_main);
+Arguments, checks and the recipe are shared with finetune_teacher (lib/training/supervised.py);
 the model comes from the `train_student` section of params.yaml.
 """
 
-from stages.lib import errors, training
+from stages.lib import errors
+from stages.lib.training import supervised
 
 
 def main():
-    training.supervised_main("train_student", __doc__)
+    supervised.main("train_student", __doc__)
 
 
 if __name__ == "__main__":

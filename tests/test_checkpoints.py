@@ -1,4 +1,4 @@
-"""A training run that dies after an epoch resumes from its checkpoint and ends bit-identical."""
+"""A training run that dies after an epoch resumes from its checkpoint and ends bit-identical (CE and KD)."""
 
 import copy
 
@@ -12,6 +12,7 @@ from stages.lib.training import checkpoints
 
 RECIPE = {"epochs": 4, "batch_size": 8, "lr": 0.01, "weight_decay": 0.01}
 BASE = {"seed": 0, "device": "cpu", "channels_last": False}
+KD = {"temperature": 2.0, "alpha": 0.5}
 
 
 def tiny_model():
@@ -38,14 +39,21 @@ def tiny(tmp_path, monkeypatch):
     return tmp_path, tiny_model(), tiny_data(0), tiny_data(1)
 
 
-def fit(model, train, val, live):
+def fit(model, train, val, live, teacher=None):
     seed_everything(BASE["seed"])  # what params.setup does when a stage starts
-    return training.fit(copy.deepcopy(model), train, val, RECIPE, live, BASE)
+    return training.fit(copy.deepcopy(model), train, val, RECIPE, live, BASE, teacher, KD if teacher else None)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tiny, monkeypatch, caplog):
+def teacher_model():
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "kd"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny, monkeypatch, caplog, loss):
     tmp, model, train, val = tiny
-    reference, ref_best = fit(model, train, val, tmp / "live_ref")
+    teacher = teacher_model() if loss == "kd" else None
+    reference, ref_best = fit(model, train, val, tmp / "live_ref", teacher)
 
     calls = []
     real_auroc = training.auroc
@@ -58,7 +66,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny, monkeypatch, caplo
 
     monkeypatch.setattr(training, "auroc", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        fit(model, train, val, tmp / "live")
+        fit(model, train, val, tmp / "live", teacher)
     (ckpt,) = (tmp / "ckpt").iterdir()
     saved = torch.load(ckpt, weights_only=True)
     assert {"model", "optimizer", "scheduler", "generator", "torch_rng", "best", "history"} <= set(saved)
@@ -66,7 +74,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny, monkeypatch, caplo
 
     monkeypatch.setattr(training, "auroc", real_auroc)
     with caplog.at_level("INFO"):
-        resumed, best = fit(model, train, val, tmp / "live")
+        resumed, best = fit(model, train, val, tmp / "live", teacher)
     assert f"resuming from epoch 2 of 4 ({ckpt})" in caplog.text
     assert best == ref_best
     ref_state, state = reference.state_dict(), resumed.state_dict()

@@ -89,6 +89,15 @@ def test_shards_are_disjoint_and_cover_the_batch(monkeypatch):
     assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
 
 
+def test_a_last_batch_too_small_to_split_is_skipped(monkeypatch):
+    x, y = torch.arange(5), torch.arange(5)
+    assert distributed.train_shard(x, y) == (x, y)  # one process: every batch whole
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert [t.tolist() for t in distributed.train_shard(x, y)] == [[1, 3], [1, 3]]
+    assert distributed.train_shard(x[:3], y[:3]) is None  # BatchNorm needs 2 images per rank
+
+
 def test_bad_process_count_names_the_key():
     with pytest.raises(training.params.ParamError, match=r"train\.processes"):
         training.check_recipe({"epochs": 1, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0, "processes": 0})

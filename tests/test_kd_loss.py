@@ -1,7 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from stages.lib.training import kd_loss
+from stages.lib.training import losses
+from stages.lib.training.losses import kd_loss
 
 
 def test_soft_term_is_zero_when_student_equals_teacher():
@@ -44,3 +45,16 @@ def test_soft_loss_pulls_student_towards_teacher():
         kd_loss(student, teacher, y, 2.0, 1.0).backward()
         opt.step()
     assert kd_loss(student, teacher, y, 2.0, 1.0).item() < 0.1 * before
+
+
+def test_fit_losses_are_cross_entropy_or_kd_on_the_teachers_logits():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(12, 2))
+    x, s, y = torch.randn(8, 3, 2, 2), torch.randn(8, 2, requires_grad=True), torch.randint(0, 2, (8,))
+    torch.testing.assert_close(losses.make()(s, x, y), F.cross_entropy(s, y))
+    kd = losses.make(teacher.train(), {"temperature": 3.0, "alpha": 0.4}).to("cpu", torch.contiguous_format)
+    assert not teacher.training  # eval: no dropout in the teacher's logits
+    loss = kd(s, x, y)
+    torch.testing.assert_close(loss, kd_loss(s, teacher(x), y, 3.0, 0.4))
+    loss.backward()
+    assert s.grad.abs().sum() > 0 and all(p.grad is None for p in teacher.parameters())

@@ -5,7 +5,7 @@
 by git and DVC: DVC deletes a stage's outputs before it reruns it, so a checkpoint kept there would
 be gone. The file name is a hash of everything that decides the result of `fit` (the starting
 weights, which stand for the source or pretrained model; the teacher; the train and val images and
-labels; the recipe, base and KD params; the number of processes; this loop's code), so a restart
+labels; the recipe, base and KD params; the number of processes; the data and training code), so a restart
 with other inputs or params never resumes from a stale checkpoint. Always on, whatever the number
 of epochs: saving a small model once an epoch costs far less than the epoch, and one code path is
 easier to trust.
@@ -18,6 +18,7 @@ the values logged to dvclive, so the resumed result equals the uninterrupted one
 
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -26,7 +27,9 @@ import torch
 
 from stages.lib import data
 from stages.lib.outputs import atomic
+from stages.lib.training import distributed
 
+log = logging.getLogger(__name__)
 CHECKPOINT_DIR = Path(".checkpoints")  # relative to the repo root, where dvc runs every stage
 
 
@@ -40,7 +43,7 @@ def _update(h, state_dict):
 def path(model, train_xy, val_xy, recipe, base, teacher=None, kd=None, processes=1):
     """CHECKPOINT_DIR/<sha256 of fit's inputs>.pt; call it before training touches the model."""
     h = hashlib.sha256(json.dumps([recipe, base, kd, processes], sort_keys=True).encode())
-    for module in (__file__, data.__file__, *(Path(__file__).with_name(f) for f in ("__init__.py", "distributed.py"))):
+    for module in (data.__file__, *sorted(Path(__file__).parent.glob("*.py"))):  # the data and training code
         h.update(Path(module).read_bytes())
     _update(h, model.state_dict())
     if teacher is not None:
@@ -94,3 +97,30 @@ def restore(ckpt, model, opt, sched, gen):
 
 def remove(ckpt):
     Path(ckpt).unlink(missing_ok=True)
+
+
+class Checkpoint:
+    """The resume point of one `fit`: restored before its first epoch, saved after each, removed at the end.
+
+    `path` from path(); model, opt, sched and gen are the objects the checkpoint is loaded into. Under
+    torchrun only rank 0 writes and removes it (every rank restores the same file).
+    """
+
+    def __init__(self, path, model, opt, sched, gen):
+        self.path, self.objects = path, (model, opt, sched, gen)
+
+    def restore(self, epochs):
+        """(best epoch so far, logged values of every finished epoch), loaded into the objects; None when none."""
+        state = restore(self.path, *self.objects)
+        if state is None:
+            return None
+        log.info("resuming from epoch %d of %d (%s)", len(state["history"]), epochs, self.path)
+        return state["best"], state["history"]
+
+    def save(self, best, history):
+        if distributed.is_main():
+            save(self.path, *self.objects, best, history)
+
+    def remove(self):
+        if distributed.is_main():
+            remove(self.path)

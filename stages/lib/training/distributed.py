@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+log = logging.getLogger(__name__)
+
 
 def world():
     """(rank, world size) of this process; (0, 1) outside torchrun."""
@@ -86,10 +88,12 @@ def init(device):
     return device
 
 
-def wrap(model, device):
+def wrap(model, device, batch_size):
     """DDP around `model` (which keeps its own weights: train through the wrapper, save the model)."""
-    if world()[1] == 1:
+    rank, size = world()
+    if size == 1:
         return model
+    log.info("rank %d of %d: 1/%d of every batch of %d", rank, size, size, batch_size)
     ids = [torch.device(device).index] if device.startswith("cuda") else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
@@ -98,6 +102,16 @@ def shard(*tensors):
     """This process's share of a global batch: every WORLD_SIZE-th item from its rank on."""
     rank, size = world()
     return tuple(t[rank::size] for t in tensors)
+
+
+def train_shard(images, labels):
+    """shard() of a training batch; None for a last batch too small to split (BatchNorm needs 2 per rank)."""
+    size = world()[1]
+    if size == 1:
+        return images, labels
+    if len(images) < 2 * size:
+        return None
+    return shard(images, labels)
 
 
 def sync_buffers(model):
