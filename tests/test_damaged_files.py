@@ -85,7 +85,7 @@ def test_stage_that_makes_a_file_is_found_in_dvc_yaml(repo):
     assert errors.made_by("artifacts/student_pruned/model.pt") == "prune"
     assert errors.made_by("artifacts/student_pruned_r50/model.pt") == "prune_sweep"
     assert errors.made_by("artifacts/student_sparse50/model.pt") == "sparsify"
-    assert errors.made_by(repo / "artifacts/variants/student_kd_int8_static_pc/model.onnx") == "quantize"
+    assert errors.made_by(repo / "artifacts/variants/student_kd_int8_auto/model.onnx") == "quantize"
     assert errors.made_by("data/prepared/classes.json") == "prepare"
     assert errors.made_by("elsewhere/model.pt") is None
 

@@ -129,9 +129,9 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     for v in variants:
         info = json.loads((repo / "artifacts/variants" / v / "variant.json").read_text())
         assert (repo / "artifacts/variants" / v / info["file"]).is_file() and info["variant"] == v
-    assert (repo / "artifacts/variants/student_kd_int8_static_pc/calibration.json").is_file()
-    q = json.loads((repo / "metrics/quantize/student_kd_int8_static_pc.json").read_text())
-    assert {"cpu_vnni", "ptq_hurt", "val_auroc_delta_pt_ci95", "sensitive_1", "weight_scales"} <= set(q)
+    assert (repo / "artifacts/variants/student_kd_int8_auto/calibration.json").is_file()
+    q = json.loads((repo / "metrics/quantize/student_kd_int8_auto.json").read_text())
+    assert {"cpu_vnni", "ptq_hurt", "val_auroc_delta_pt_ci95", "auto_fit", "auto_steps", "weight_scales"} <= set(q)
 
     prune = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
     assert prune["params_after_m"] < prune["params_before_m"]
@@ -139,10 +139,10 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
         sp = json.loads((repo / f"metrics/prune/{m}.json").read_text())
         assert sp["sparsity_all_weights"] > 0.3 and sp["size_deflate_mb"] < sp["size_dense_mb"], m
         assert spec["pattern"] != "2:4" or (sp["holds_2_4"] and "skipped" in sp["gpu_2_4"]), m
-    ev = json.loads((repo / "metrics/evaluate/student_kd_int8_static_pc.json").read_text())
+    ev = json.loads((repo / "metrics/evaluate/student_kd_int8_auto.json").read_text())
     assert {"recall", "fnr", "fpr", "precision", "f1", "auroc", "ap", "threshold", "recall_at_fpr_5pct"} <= set(ev)
     assert {"recall_ci95", "fpr_ci95", "auroc_ci95", "fpr_at_recall_95pct_ci95", "recall_at_fpr_1pct_ci95"} <= set(ev)
-    assert "cell_type" in ev["by"] and (repo / "artifacts/predictions/student_kd_int8_static_pc.csv").exists()
+    assert "cell_type" in ev["by"] and (repo / "artifacts/predictions/student_kd_int8_auto.csv").exists()
 
     bench = json.loads((repo / "metrics/benchmark.json").read_text())
     fingerprint = json.loads((repo / "metrics/fingerprint.json").read_text())
@@ -182,7 +182,7 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     assert "## Where pruning starts to hurt" in text and "compute every zero" in text  # sweep + sparsity
     sweep = report["pruning"]
     assert set(sweep["sparse"]) == set(sparse) and set(sweep["first_degraded_ratio_pct"]) >= {
-        "int8_static_pc",
+        "int8_auto",
         "ort_fp32",
     }
     for f in ("comparison.csv", "pareto.csv", "pareto.png", "sweep.csv", "sweep.png"):
@@ -445,13 +445,13 @@ def test_quantize_param_puts_only_its_quantize_stages_out_of_date(repo):
     before = out_of_date(repo)  # (another test's select knobs may have left select and report to rerun)
     text = (repo / "params.yaml").read_text()
     params = yaml.safe_load(text)
-    params["quantize"]["recipes"]["int8_static_pc"]["per_channel"] = False
+    params["quantize"]["recipes"]["int8_auto"]["per_channel"] = False
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         stale = out_of_date(repo) - before
     finally:
         (repo / "params.yaml").write_text(text)
-    assert stale == {f"quantize@{m}-int8_static_pc" for m in params["compare"]["models"]}, stale
+    assert stale == {f"quantize@{m}-int8_auto" for m in params["compare"]["models"]}, stale
     assert not (stale | before) & UPSTREAM
 
 
