@@ -14,6 +14,7 @@ from stages.lib.data import datasets, images, splitting
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prepare")
+MIN_TRAIN_PER_CLASS = 10  # below this a class is too few to learn; the tiny test profiles keep 14 or more
 
 
 def check(p):
@@ -23,10 +24,12 @@ def check(p):
     params.check_range("prepare.defect_threshold", prep["defect_threshold"], 0, 1, lo_inclusive=False)
     params.check_range("prepare.val_fraction", prep["val_fraction"], 0, 1, lo_inclusive=False, hi_inclusive=False)
     params.check_range("prepare.test_fraction", prep["test_fraction"], 0, 1, lo_inclusive=False, hi_inclusive=False)
-    if prep["val_fraction"] + prep["test_fraction"] >= 1:
+    val, test = prep["val_fraction"], prep["test_fraction"]
+    train = max(round(1 - val - test, 6), 0)
+    if train < max(val, test):  # 0.8 + 0.15 trained on 4 of 80 images without a word
         raise params.ParamError(
-            f"prepare.val_fraction + prepare.test_fraction = {prep['val_fraction'] + prep['test_fraction']}; "
-            "expected < 1 so that images remain for training"
+            f"prepare.val_fraction={val} + prepare.test_fraction={test} leave {train:.0%} of the images for "
+            f"training; expected the training split to be the largest (1 - val - test >= each of them)"
         )
     params.check_int("prepare.max_images", prep["max_images"], 0)
     for key in ("root", "good_class"):
@@ -48,6 +51,25 @@ def split_counts(manifest, classes):
         counts[f"{split}_images"] = len(rows)
         for idx, name in enumerate(classes):
             counts[f"{split}_{name}"] = int((rows["label"] == idx).sum())
+    return counts
+
+
+def check_counts(counts, classes, prep):
+    """Refuse a split too small to learn from (fewer than MIN_TRAIN_PER_CLASS training images of a class) or to
+    evaluate on (a class missing from val or test), with the counts."""
+    thin = {name: counts[f"train_{name}"] for name in classes if counts[f"train_{name}"] < MIN_TRAIN_PER_CLASS}
+    if thin:
+        raise params.ParamError(
+            f"the training split holds {counts['train_images']} of {counts['n_images']} images, of them {thin}; "
+            f"expected at least {MIN_TRAIN_PER_CLASS} of every class to learn from: raise prepare.max_images "
+            f"({prep['max_images']}) or lower prepare.val_fraction ({prep['val_fraction']}) and "
+            f"prepare.test_fraction ({prep['test_fraction']})"
+        )
+    empty = [f"{split}/{name}" for split in data.SPLITS for name in classes if not counts[f"{split}_{name}"]]
+    if empty:
+        raise params.ParamError(
+            f"no image of {empty} (split/class); use more images (prepare.max_images) or other fractions"
+        )
     return counts
 
 
@@ -78,11 +100,7 @@ def main():
         log.warning("skipped unreadable image %s: %s", bad["path"], bad["error"])
     pixels, table = hash_and_split(loaded, prep, p["base"]["seed"])
     counts = split_counts(table, loaded.classes)
-    empty = [f"{split}/{name}" for split in data.SPLITS for name in loaded.classes if not counts[f"{split}_{name}"]]
-    if empty:
-        raise params.ParamError(
-            f"no image of {empty} (split/class); use more images (prepare.max_images) or other fractions"
-        )
+    check_counts(counts, loaded.classes, prep)
 
     manifest = datasets.write_prepared(args.out_dir, pixels, table)
     meta = {"classes": loaded.classes, "task": loaded.task, "attributes": loaded.attributes}

@@ -5,11 +5,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from stages import evaluate, prepare, prune
-from stages.lib import models
+from stages.lib import errors, models
+from stages.lib.errors import InputError
 from stages.lib.params import ParamError, check_base
+from stages.lib.quantization import recipes
 
 
 @pytest.fixture
@@ -81,3 +84,51 @@ def test_stage_cli_fails_before_any_work(tmp_path, root, params):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("prune: prune.ratio=1.0") and "[0, 1)" in proc.stderr
     assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
+def test_a_training_split_smaller_than_val_or_test_is_refused_before_any_data_is_read(params):
+    """0.8 + 0.15 trained on 4 of 80 images without a word; the rule: training gets the largest share."""
+    params["prepare"].update(val_fraction=0.8, test_fraction=0.15)
+    with pytest.raises(ParamError, match=r"^prepare\.val_fraction=0\.8 \+ prepare\.test_fraction=0\.15 leave 5% of"):
+        prepare.check(params)
+    params["prepare"].update(val_fraction=0.3, test_fraction=0.3)  # 40 % trains: allowed
+    assert prepare.check(params)["val_fraction"] == 0.3
+
+
+def test_a_class_with_too_few_training_images_is_refused_with_the_counts(params):
+    counts = {"n_images": 80, "train_images": 12, "train_good": 9, "train_defect": 3}
+    counts |= {f"{s}_{c}": 5 for s in ("val", "test") for c in ("good", "defect")}
+    with pytest.raises(
+        ParamError, match=r"^the training split holds 12 of 80 images, of them \{'good': 9, 'defect': 3\}; expected at"
+    ):
+        prepare.check_counts(counts, ["good", "defect"], params["prepare"])
+    enough = {**counts, "train_good": prepare.MIN_TRAIN_PER_CLASS, "train_defect": prepare.MIN_TRAIN_PER_CLASS}
+    assert prepare.check_counts(enough, ["good", "defect"], params["prepare"]) is enough
+
+
+@pytest.mark.parametrize(
+    "recipe,meant",
+    [
+        ({"kind": "ort_static", "per_chanel": False}, "per_channel"),
+        ({"kind": "ort_dynamic", "weight_typ": "int8"}, "weight_type"),
+        ({"kind": "pt2e", "calibration_image": 8}, "calibration_images"),
+    ],
+)
+def test_a_recipe_option_typo_names_the_closest_option(recipe, meant):
+    typo = next(k for k in recipe if k != "kind")
+    with pytest.raises(ParamError, match=rf"{typo}.* \(did you mean '{meant}'\?\)"):
+        recipes.check("mine", recipe)
+
+
+def test_a_damaged_model_message_keeps_the_whole_first_line_of_the_reason(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"card": {}, "state": {"w": torch.zeros(1000)}, "attributes": {}}, path)
+    path.write_bytes(path.read_bytes()[:700])  # truncated, as by a full disk
+    with pytest.raises(RuntimeError, match="corrupted") as raised:  # a first line of ~330 characters
+        torch.load(path, weights_only=True)
+    first = str(raised.value).strip().splitlines()[0].strip()
+    with pytest.raises(InputError) as damaged:
+        models.load(path)
+    assert f"({type(raised.value).__name__}: {first});" in str(damaged.value)
+    long = RuntimeError("x" * 300 + " the end\nsecond line")
+    assert errors.reason(long) == f"RuntimeError: {'x' * 300} the end"

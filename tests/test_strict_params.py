@@ -161,3 +161,18 @@ def test_exponent_floats_that_dvc_writes_are_numbers(root, tmp_path):
     path.write_text(re.sub(r"(?m)^(  lr: )\S+", r"\g<1>1e", text, count=1))  # not a number: still refused
     with pytest.raises(ParamError, match=r"train\.lr='1e' is not allowed"):
         training.check_recipe(load("train", path=str(path))["train"])
+
+
+def test_base60_looking_values_that_dvc_writes_are_strings(root, tmp_path):
+    """`dvc exp run -S` rewrites params.yaml in YAML 1.2 and drops the quotes of sparsify's `pattern: '2:4'`;
+    YAML 1.1 (PyYAML) would read the base-60 integer 124, and every later run would refuse the pattern."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sparsify"]["models"] = {"student_sparse24": {"pattern": "2:4"}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params).replace("'2:4'", "2:4"))
+    assert "pattern: 2:4\n" in path.read_text() and yaml.safe_load(path.read_text())["sparsify"]["models"] == {
+        "student_sparse24": {"pattern": 124}
+    }  # the pitfall
+    spec = load("sparsify", path=str(path))["sparsify"]["models"]["student_sparse24"]
+    assert sparsity.check("sparsify.models.student_sparse24", spec)["pattern"] == "2:4"
+    assert load("base", "train", path=str(path))["train"] == params["train"]  # other numbers read as before

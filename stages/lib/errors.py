@@ -4,13 +4,18 @@ A stage's `if __name__ == "__main__":` calls `run(main, "<stage>")`. A `UserErro
 below it is printed as `<stage>: <message>` on stderr and the process exits with status 2, without a
 traceback: the message already says what is wrong and how to fix it. Anything else is a bug and keeps
 its traceback.
+
+Exit status, the same for every stage and for `screen` (docs/knobs.md): 0 done; 2 a user error (a params
+value, an input, a path), raised before the expensive work; 1 an unexpected failure (a bug: Python's own
+status for an uncaught exception, with its traceback). `screen` adds 3: finished, but skipped unreadable files.
 """
 
 import re
 import sys
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = 2  # 0: done; 1: a bug (Python's status for an uncaught exception)
+EXIT_SKIPPED = 3  # screen only: finished, but skipped unreadable files
 
 
 class UserError(ValueError):
@@ -71,11 +76,11 @@ def made_by(path, dvc_yaml="dvc.yaml"):
 
 
 def reason(e):
-    """A short reason for a failed read: the exception's type and the first line of its message."""
+    """A short reason for a failed read: the exception's type and the whole first line of its message."""
     if isinstance(e, FileNotFoundError):
         return "not found"
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
+    return f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__
 
 
 def damaged(path, why):

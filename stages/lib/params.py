@@ -20,10 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class Loader(yaml.SafeLoader):
-    """YAML 1.2 numbers: `3e-05` is a float. `dvc exp run -S train.lr=0.00003` writes it so (DVC's YAML is 1.2),
-    and PyYAML's own 1.1 rules, which want a dot in the mantissa, would read it as a string."""
+    """YAML 1.2 numbers, as DVC writes them (`dvc exp run -S` rewrites params.yaml in YAML 1.2): `3e-05` is a float
+    (PyYAML's own 1.1 rules want a dot in the mantissa and read a string), and `2:4` is a string (1.1 reads the
+    base-60 integer 124; DVC writes sparsify's `pattern: '2:4'` without the quotes)."""
 
 
+NUMBERS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, re.compile(r"^(?![^:]*:)" + rx.pattern[1:], rx.flags) if tag in NUMBERS else rx) for tag, rx in rules]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
 )
@@ -46,7 +52,10 @@ def with_defaults(key, recipe, defaults, kind):
     allowed = {"kind", *defaults}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
-        raise ParamError(f"{key}.{unknown[0]} is not a {kind} option; expected one of {sorted(allowed)}")
+        raise ParamError(
+            f"{key}.{unknown[0]} is not a {kind} option{schema.suggest(unknown[0], allowed)}; "
+            f"expected one of {sorted(allowed)}"
+        )
     return {**defaults, **recipe}
 
 
