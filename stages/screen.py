@@ -8,37 +8,43 @@ decoder, RGB, bilinear resize, [0, 1]), scored in batches by the bundle's ONNX m
 pixel_sha256 (the decoded pixels, as prepare's manifest), score (binary: the defect probability;
 multi-class: the top class's probability) and verdict (binary: defect when score >= the bundle's
 threshold, else good; multi-class: the top class). Folders are searched recursively for image files.
+Rows keep the input order.
 
-Unreadable or truncated files are skipped and listed (log and `<out>.skipped.csv`); the exit status
-is then 2. An unknown bundle version, a model whose sha256 does not match deploy.json, a missing input
-or no image at all stop it with a one-line message and exit status 1. It never imports torch.
+Decoding runs in `--workers` threads (PIL releases the GIL while it decodes and resizes) while the model
+scores the previous batch; at most two batches of decoded images wait, so memory stays bounded whatever
+the number of files. `--workers 0` decodes in the main thread, one file after the other; the bytes are
+the same either way.
+
+Exit status: 0 done; 2 a user error, printed as one line `screen: ...` (a bad option, a missing, empty or
+damaged bundle, a model ONNX Runtime cannot load, a missing input, no image at all); 3 done, but unreadable
+or truncated files were skipped (listed in the log and in `<out>.skipped.csv`). It never imports torch.
 """
 
 import argparse
 import csv
-import json
 import logging
+import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from stages.lib import deploy, runtime
+from stages.lib import deploy, errors, runtime
 from stages.lib.data.images import IMAGE_SUFFIXES, ImageDecodeError
+from stages.lib.outputs import write_json
 
 log = logging.getLogger("screen")
-EXIT_SKIPPED = 2
-
-
-class InputError(ValueError):
-    """Inputs that give nothing to screen (missing path, no image files)."""
+EXIT_SKIPPED = 3  # finished, but some files could not be read (2 is a user error, as in every stage)
+PREFETCH_BATCHES = 2  # decoded batches that may wait for the model: enough to keep it busy, bounded memory
 
 
 def collect(inputs, files_from=None):
     """Files named, plus image files under folders (recursively, sorted), in the order given."""
-    paths = [Path(line) for line in Path(files_from).read_text().splitlines() if line.strip()] if files_from else []
+    paths = [Path(line) for line in read_list(files_from).splitlines() if line.strip()] if files_from else []
     files = []
     for path in [*map(Path, inputs), *paths]:
         if path.is_dir():
@@ -47,13 +53,22 @@ def collect(inputs, files_from=None):
         elif path.is_file():
             files.append(path)
         else:
-            raise InputError(f"input {str(path)!r} does not exist")
+            raise errors.MissingInputError(f"input {str(path)!r} does not exist")
     if not files:
-        raise InputError(
+        raise errors.InputError(
             f"no image files in {[str(p) for p in inputs] + ([files_from] if files_from else [])}; "
             f"folders are searched for {sorted(IMAGE_SUFFIXES)}"
         )
     return files
+
+
+def read_list(path):
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise errors.InputError(
+            f"--files-from {path}: {errors.reason(e)}; expected a text file, one path a line"
+        ) from e
 
 
 def verdicts(probs, bundle):
@@ -65,38 +80,77 @@ def verdicts(probs, bundle):
     return [(float(p.max()), classes[int(p.argmax())]) for p in probs]
 
 
-def screen(bundle, runner, files, batch_size):
-    """Rows for readable files, skipped files, and timings (wall time of decode + inference, model time)."""
+def load(path, size, max_side):
+    """One file -> (row, model input, decoding CPU seconds); row has `error` and input is None if unreadable."""
+    t = time.thread_time()
+    try:
+        data = path.read_bytes()
+        x, pixel_sha = deploy.decode(data, size, max_side, name=path)
+    except (ImageDecodeError, OSError) as e:
+        reason = e.reason if isinstance(e, ImageDecodeError) else f"{type(e).__name__}: {e}"
+        return {"path": str(path), "error": reason}, None, time.thread_time() - t
+    row = {"path": str(path), "sha256": deploy.sha256_bytes(data), "pixel_sha256": pixel_sha}
+    return row, x, time.thread_time() - t
+
+
+def decoded(files, decode_one, workers, window):
+    """decode_one(file) for every file, in input order; with workers, up to `window` files ahead in threads."""
+    if workers == 0:
+        yield from map(decode_one, files)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        ahead, todo = deque(), iter(files)
+        for f in todo:
+            ahead.append(pool.submit(decode_one, f))
+            if len(ahead) >= window:
+                break
+        while ahead:
+            result = ahead.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                ahead.append(pool.submit(decode_one, nxt))
+            yield result
+
+
+def screen(bundle, runner, files, batch_size, workers=0):
+    """Rows for readable files, skipped files, and timings: wall time; time in the model; decoding CPU
+    time summed over the decoders; time the model waited for decoded images."""
     size, max_side = bundle["input_size"], bundle["decoding"]["max_side"]
     rows, skipped, batch, pending = [], [], [], []
-    model_s, start = 0.0, time.perf_counter()
+    t = {"model_seconds": 0.0, "decode_seconds": 0.0, "wait_seconds": 0.0}
+    start = time.perf_counter()
 
     def flush():
-        nonlocal model_s
-        t = time.perf_counter()
+        t0 = time.perf_counter()
         probs = runtime.softmax(runner(np.stack(batch)))
-        model_s += time.perf_counter() - t
+        t["model_seconds"] += time.perf_counter() - t0
         for row, (score, verdict) in zip(pending, verdicts(probs, bundle), strict=True):
             rows.append({**row, "score": f"{score:.8f}", "verdict": verdict})
         batch.clear()
         pending.clear()
 
-    for path in tqdm(files, desc="screen", unit="img", mininterval=2):
-        try:
-            data = path.read_bytes()
-            x, pixel_sha = deploy.decode(data, size, max_side)
-        except (ImageDecodeError, OSError) as e:
-            reason = e.reason if isinstance(e, ImageDecodeError) else f"{type(e).__name__}: {e}"
-            log.warning("skipped unreadable image %s: %s", path, reason)
-            skipped.append({"path": str(path), "error": reason})
+    results = decoded(files, lambda f: load(f, size, max_side), workers, PREFETCH_BATCHES * batch_size)
+    bar = tqdm(total=len(files), desc="screen", unit="img", mininterval=2)
+    while True:
+        t0 = time.perf_counter()
+        row, x, cpu = next(results, (None, None, 0.0))
+        t["wait_seconds"] += time.perf_counter() - t0
+        if row is None:
+            break
+        t["decode_seconds"] += cpu
+        bar.update()
+        if x is None:
+            log.warning("skipped unreadable image %s: %s", row["path"], row["error"])
+            skipped.append(row)
             continue
         batch.append(x)
-        pending.append({"path": str(path), "sha256": deploy.sha256_bytes(data), "pixel_sha256": pixel_sha})
+        pending.append(row)
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
-    return rows, skipped, {"seconds": time.perf_counter() - start, "model_seconds": model_s}
+    bar.close()
+    return rows, skipped, {"seconds": time.perf_counter() - start, **t}
 
 
 def write_csv(path, rows, fields):
@@ -108,31 +162,66 @@ def write_csv(path, rows, fields):
         writer.writerows(rows)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is a UserError: one line `screen: ...` and exit status 2."""
+
+    def error(self, message):
+        raise errors.UserError(f"{message} (python -m stages.screen --help lists the options)")
+
+
+def parse(argv=None):
+    parser = Parser(
+        prog="python -m stages.screen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("bundle", help="bundle folder (artifacts/deploy)")
     parser.add_argument("inputs", nargs="*", help="image files and/or folders")
     parser.add_argument("--out", required=True, help="verdicts CSV")
     parser.add_argument("--files-from", help="text file with one image path per line (in addition to inputs)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32, as benchmarked)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: as benchmarked)")
-    parser.add_argument("--summary", help="also write the counts and timings as JSON here")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="decoding threads; 0: in the main thread (default: the cores the ORT threads leave, 1 to 8)",
+    )
+    parser.add_argument("--summary", help="also write the counts, settings and timings as JSON here")
+    args = parser.parse_args(argv)
+    for name, low in (("batch_size", 1), ("threads", 1), ("workers", 0)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')}={value}; expected an integer >= {low}")
+    for name in ("out", "summary"):
+        if getattr(args, name) and Path(getattr(args, name)).is_dir():
+            parser.error(f"--{name}={getattr(args, name)} is a folder; expected a file name")
+    return args
+
+
+def default_workers(threads):
+    """Decoders for the cores ONNX Runtime's threads leave free, at least one; 8 decode faster than any model here."""
+    return min(8, max(1, (os.cpu_count() or 1) - threads))
+
+
+def main(argv=None):
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    bundle = deploy.read_bundle(args.bundle)
     try:
-        bundle = deploy.read_bundle(args.bundle)
         files = collect(args.inputs, args.files_from)
-    except (deploy.BundleError, InputError, OSError) as e:
-        sys.exit(f"screen: {e}")
-    if args.batch_size < 1:
-        sys.exit(f"screen: --batch-size={args.batch_size}; expected an integer >= 1")
+    except errors.UserError:
+        raise
+    except OSError as e:  # a folder that cannot be listed
+        raise errors.InputError(f"cannot list the inputs: {errors.reason(e)}") from e
     threads = args.threads or bundle["benchmark"]["threads"]
+    workers = default_workers(threads) if args.workers is None else args.workers
     try:
         runner = runtime.OrtRunner(bundle["model_path"], threads)
-    except Exception as e:  # ONNX Runtime raises its own types; the first line says what is wrong
-        sys.exit(f"screen: ONNX Runtime cannot load {bundle['model_path']}: {str(e).strip().splitlines()[-1]}")
+    except errors.UserError:
+        raise
+    except Exception as e:  # ONNX Runtime raises its own types; the last line says what is wrong
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise errors.InputError(f"ONNX Runtime cannot load {bundle['model_path']}: {reason}") from e
 
-    rows, skipped, timing = screen(bundle, runner, files, args.batch_size)
+    rows, skipped, timing = screen(bundle, runner, files, args.batch_size, workers)
     write_csv(args.out, rows, ["path", "sha256", "pixel_sha256", "score", "verdict"])
     skipped_csv = Path(args.out).with_suffix(".skipped.csv")
     if skipped:
@@ -145,21 +234,27 @@ def main():
         "images": len(rows),
         "skipped": len(skipped),
         "verdicts": counts,
-        "seconds": round(timing["seconds"], 3),
-        "model_seconds": round(timing["model_seconds"], 3),
         "images_per_s": round(rate, 1),
+        **{k: round(v, 3) for k, v in timing.items()},
         "threads": threads,
         "batch_size": args.batch_size,
+        "workers": workers,
+        "prefetch_images": PREFETCH_BATCHES * args.batch_size if workers else 0,
+        "cpu_count": os.cpu_count(),
         "torch_imported": "torch" in sys.modules,
     }
     if args.summary:
-        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(args.summary, summary)
     log.info(
-        "%d images screened with %s in %.1f s (%.1f images/s incl. decoding): %s; %d unreadable skipped%s",
+        "%d images screened with %s in %.1f s (%.1f images/s incl. decoding; %d decoders, %d ORT threads, "
+        "%.1f s in the model): %s; %d unreadable skipped%s",
         len(rows),
         bundle["variant"],
         timing["seconds"],
         rate,
+        workers,
+        threads,
+        timing["model_seconds"],
         counts,
         len(skipped),
         f" (listed in {skipped_csv})" if skipped else "",
@@ -169,4 +264,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main, "screen")

@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -11,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from stages.lib import data, deploy
+from stages import screen
+from stages.lib import data, deploy, runtime
 from stages.lib.data import datasets, images
 from tests.conftest import ROOT
 
@@ -76,11 +78,11 @@ def run_screen(*args):
     )
 
 
-def test_screen_mixed_folder_gives_verdicts_lists_broken_files_and_exits_nonzero(bundle, tmp_path):
+def test_screen_mixed_folder_gives_verdicts_lists_broken_files_and_exits_3(bundle, tmp_path):
     mixed_folder(tmp_path / "line")
     out = tmp_path / "verdicts.csv"
-    proc = run_screen(bundle, tmp_path / "line", "--out", out, "--summary", tmp_path / "s.json")
-    assert proc.returncode == 2, proc.stderr
+    proc = run_screen(bundle, tmp_path / "line", "--out", out, "--summary", tmp_path / "s.json", "--workers", "2")
+    assert proc.returncode == screen.EXIT_SKIPPED == 3, proc.stderr
     rows = {r["path"].split("line/")[1]: r for r in csv.DictReader(out.open())}
     assert {k: r["verdict"] for k, r in rows.items()} == {
         "dark.png": "good",
@@ -94,6 +96,8 @@ def test_screen_mixed_folder_gives_verdicts_lists_broken_files_and_exits_nonzero
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["images"] == 4 and summary["skipped"] == 2 and summary["verdicts"] == {"good": 2, "defect": 2}
     assert summary["torch_imported"] is False  # the process that ran the model never loaded torch
+    assert summary["workers"] == 2 and summary["threads"] == 1 and summary["batch_size"] == 32  # what ran
+    assert summary["model_seconds"] <= summary["seconds"] and summary["decode_seconds"] > 0
     assert "2 unreadable skipped" in proc.stderr
 
 
@@ -122,7 +126,7 @@ def test_screen_never_imports_torch(bundle, tmp_path):
 
 
 def one_line_error(proc, *fragments):
-    assert proc.returncode == 1
+    assert proc.returncode == 2, proc.stderr
     msg = proc.stderr.strip()
     assert len(msg.splitlines()) == 1 and msg.startswith("screen: "), msg
     for f in fragments:
@@ -147,6 +151,74 @@ def test_bad_bundle_and_empty_input_stop_with_one_line(bundle, tmp_path):
     deploy.write_empty_bundle(bundle, "no variant meets every constraint {'max_size_mb': 0.001}; nothing is deployed.")
     assert sorted(p.name for p in bundle.iterdir()) == ["deploy.json"]  # no stale model left behind
     one_line_error(run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "holds no model", "max_size_mb")
+    # a model file whose sha256 matches deploy.json, but which ONNX Runtime cannot load
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    own = {k: v for k, v in meta.items() if k not in ("bundle_version", "model_file", "model_sha256")}
+    deploy.write_bundle(bundle, tmp_path / "junk.onnx", own)
+    one_line_error(run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("option", "fragments"),
+    [
+        (["--threads", "-1"], ["--threads=-1", ">= 1"]),
+        (["--threads", "0"], ["--threads=0", ">= 1"]),
+        (["--threads", "two"], ["--threads", "invalid int value"]),
+        (["--batch-size", "0"], ["--batch-size=0", ">= 1"]),
+        (["--batch-size", "1.5"], ["--batch-size", "invalid int value"]),
+        (["--workers", "-2"], ["--workers=-2", ">= 0"]),
+        (["--workers", "many"], ["--workers", "invalid int value"]),
+        (["--out", "{tmp}"], ["--out=", "is a folder"]),
+        (["--out", "{tmp}/v.csv", "--summary", "{tmp}"], ["--summary=", "is a folder"]),
+        (["--out", "{tmp}/v.csv", "--files-from", "{tmp}/nolist.txt"], ["--files-from", "nolist.txt", "not found"]),
+        (["--out", "{tmp}/v.csv", "--theads", "2"], ["unrecognized arguments: --theads"]),
+        ([], ["--out"]),  # required
+    ],
+)
+def test_each_bad_option_exits_2_in_one_line(bundle, tmp_path, option, fragments):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    option = [o.replace("{tmp}", str(tmp_path)) for o in option]
+    if not any(o == "--out" for o in option):
+        option += ["--out", str(tmp_path / "v.csv")] if option else []
+    one_line_error(run_screen(bundle, tmp_path / "a.png", *option), *fragments)
+    assert not (tmp_path / "v.csv").exists()  # refused before any work
+
+
+def test_parallel_decoding_gives_the_sequential_bytes_in_input_order(bundle, tmp_path):
+    """Decoder threads (a slow large file first, so later files finish earlier) vs the main thread alone:
+    the same rows byte for byte, in input order, and the same skipped files."""
+    mixed_folder(tmp_path / "line")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (1500, 1500), np.uint8)).save(tmp_path / "large.png")
+    files = [tmp_path / "large.png", *screen.collect([tmp_path / "line"])] * 2
+    b = deploy.read_bundle(bundle)
+    b["decoding"]["max_side"] = None  # decode the large file at full size: the slowest to finish
+    runner = runtime.OrtRunner(b["model_path"], 1)
+    seq_rows, seq_skipped, seq_t = screen.screen(b, runner, files, batch_size=3, workers=0)
+    par_rows, par_skipped, par_t = screen.screen(b, runner, files, batch_size=3, workers=4)
+    assert par_rows == seq_rows and par_skipped == seq_skipped
+    readable = [str(f) for f in files if f.name not in ("truncated.png", "not_an_image.bmp")]
+    assert [r["path"] for r in par_rows] == readable  # input order, skipped files left out
+    assert [r["path"] for r in par_skipped] == [str(f) for f in files if str(f) not in readable]
+    assert {r["pixel_sha256"] for r in par_rows if r["path"].endswith("large.png")} == {
+        images.image_sha256(np.asarray(Image.open(tmp_path / "large.png")))
+    }
+    assert par_t["decode_seconds"] > 0 and seq_t["model_seconds"] > 0
+
+
+def test_decoded_keeps_order_and_bounds_the_files_in_flight():
+    """The ordered, bounded parallel map under screen: never more than `window` files submitted ahead."""
+    started, done = [], []
+
+    def slow_first(i):
+        started.append(i)
+        time.sleep(0.05 if i == 0 else 0.001)
+        assert len(started) - len(done) <= 5, "more files in flight than the window"
+        return i
+
+    for i in screen.decoded(range(40), slow_first, workers=3, window=4):
+        done.append(i)
+    assert done == list(range(40))
 
 
 @pytest.mark.parametrize("max_side", [None, 64])
@@ -170,3 +242,16 @@ def test_decoding_matches_prepare_then_load_split(tmp_path, max_side):
         got, pixel_sha = deploy.decode(f.read_bytes(), SIZE, max_side)
         assert got.dtype == np.float32 and np.array_equal(got, expected[i]), f.name
         assert pixel_sha == table["sha256"][i]
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (31, 33), (300, 300), (1000, 17), (40, 60, 3), (7, 500, 3)])
+@pytest.mark.parametrize("size", [32, 128])
+def test_model_input_equals_convert_to_rgb_then_resize(shape, size):
+    """Resizing in the image's own mode, then replicating gray to RGB, gives load_split's bytes exactly,
+    upscaling and downscaling."""
+    pixels = np.random.default_rng(sum(shape) + size).integers(0, 256, shape, np.uint8)
+    rgb = Image.fromarray(pixels).convert("RGB").resize((size, size), Image.BILINEAR)
+    expected = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    got = deploy.model_input(pixels, size)
+    assert got.dtype == np.float32 and got.shape == (3, size, size)
+    assert np.ascontiguousarray(got).tobytes() == expected.tobytes()
