@@ -103,6 +103,10 @@ SCHEMA = {
         "warmup": int,
         "batch_size": int,
         "core_hour_usd": float,
+        "gpu_rounds": int,
+        "gpu_batches": list[int],
+        "gpu_dtypes": list[str],
+        "gpu_compile": list[str],
     },
     "select": {
         "min_recall": float | None,
