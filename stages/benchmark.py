@@ -57,6 +57,7 @@ def parse_variants(extra, variants_dir):
     lists = argparse.ArgumentParser(prog="benchmark variants", add_help=False)
     lists.add_argument("--models", nargs="+", required=True)
     lists.add_argument("--recipes", nargs="+", required=True)
+    lists.add_argument("--openvino", nargs="+", default=[])  # kind openvino recipes (params compare.openvino)
     try:
         compare, rest = lists.parse_known_args(extra)
     except SystemExit:
@@ -65,12 +66,12 @@ def parse_variants(extra, variants_dir):
         raise params.ParamError(f"compare: expected '--models m1 m2 ... --recipes r1 r2 ...', got {extra}")
     variants = {}
     for model in compare.models:
-        for recipe in compare.recipes:
+        for recipe in compare.recipes + compare.openvino:
             name = f"{model}_{recipe}"
-            path, runtime_name, _ = runtime.read_variant(Path(variants_dir) / name)
+            path, runtime_name, info = runtime.read_variant(Path(variants_dir) / name)
             if not path.is_file():
                 raise errors.damaged(path, f"variant {name!r} has no model file")
-            variants[name] = {"model": str(path), "runtime": runtime_name}
+            variants[name] = {"model": str(path), "runtime": runtime_name, "options": info.get("runtime_options")}
     return variants
 
 
@@ -97,6 +98,8 @@ def worker(spec, threads, image_size, b, channels_last):
     ]
     if channels_last:
         cmd.append("--channels-last")
+    if spec.get("options"):
+        cmd += ["--options", json.dumps(spec["options"])]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode == errors.EXIT_USER_ERROR:  # a damaged model file: the worker's one line says which
         raise errors.InputError(proc.stderr.strip().splitlines()[-1].removeprefix("timing: "))
@@ -170,8 +173,10 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
             "cost_usd_per_1m_images": round(core_hours * b["core_hour_usd"], 4),
             "threads": main_threads,
             "runtime": spec["runtime"],
+            "runtime_options": spec.get("options"),  # e.g. OpenVINO's precision: screen loads the bundle with it
             "model_file": spec["model"],  # select and deploy find the variant's file here
             "torch_imported": last[name]["torch_imported"],
+            "onnxruntime_imported": last[name]["onnxruntime_imported"],
             "settings": last[name]["settings"],
             "fingerprint_id": fingerprint_id,
         }
@@ -205,6 +210,7 @@ def main():
     k = gpu_rounds.knobs(b)
     if not extra:  # outside DVC: the variants of params `compare`, as dvc.yaml passes them
         extra = ["--models", *p["compare"]["models"], "--recipes", *p["compare"]["recipes"]]
+        extra += ["--openvino", *p["compare"]["openvino"]] if p["compare"].get("openvino") else []
     variants = parse_variants(extra, args.variants_dir)
     fingerprint = read_json(args.fingerprint)
     base = p["base"]

@@ -122,8 +122,8 @@ def main():
     info = data.read_info(args.data_dir)
     classes, size, seed = info["classes"], p["base"]["image_size"], p["base"]["seed"]
 
-    model_file, runtime_name, _ = runtime.read_variant(args.variant_dir)
-    runner = runtime.load_runner(model_file, runtime_name, p["base"]["threads"])
+    model_file, runtime_name, variant = runtime.read_variant(args.variant_dir)
+    runner = runtime.load_runner(model_file, runtime_name, p["base"]["threads"], options=variant.get("runtime_options"))
     probs, labels = {}, {}
     for split in ("val", "test"):
         x, y = data.load_split(args.data_dir, split, size)

@@ -11,7 +11,10 @@ variant moved from the FP32 model on validation images (never test): top-1 agree
 difference, paired deltas in AUROC and FPR at the target recall, and whether that drop is larger
 than `quantize.max_drop_pt` ("PTQ hurt"); static INT8 adds its most sensitive layers. Kind `ort_auto`
 (accuracy-controlled INT8) also records the loop that chose its float layers: `auto_steps` (the paired deltas
-against the ONNX FP32 graph at each step), `fp32_layers_kept`, `auto_fit`.
+against the ONNX FP32 graph at each step), `fp32_layers_kept`, `auto_fit`. Kind `openvino` makes no new file: it
+copies the ONNX file of its `source` recipe's variant (the sibling folder <model>_<source>, or `--source`) and records
+`runtime_options` (OpenVINO's precision) and how far OpenVINO's scores are from ONNX Runtime's on the same file and
+validation images (`val_*_vs_ort`, `ort_agreement_ok` against lib/runtime/openvino TOLERANCE).
 """
 
 import argparse
@@ -27,6 +30,7 @@ import numpy as np
 from stages.lib import data, errors, metrics, models, params, quantization, runtime
 from stages.lib.outputs import write_json
 from stages.lib.quantization import clustering, pt2e, qat, recipes, sensitivity
+from stages.lib.runtime import openvino as ov_runtime
 
 log = logging.getLogger("quantize")
 
@@ -42,7 +46,11 @@ def check(p, recipe_name):
 def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
     """Write the variant's model file into `out`; returns (path, extra metrics).
 
-    `ctx`: what only QAT needs: data_dir, teacher (model.pt for the KD loss), params."""
+    `ctx`: what only QAT needs: data_dir, teacher (model.pt for the KD loss), params; kind openvino: source (the
+    source variant's folder)."""
+    if kind == "openvino":  # the source variant's ONNX file as it is, run in OpenVINO: nothing is re-exported
+        src, _, info = runtime.read_variant(ctx["source"])
+        return Path(shutil.copy(src, out / src.name)), {"openvino": {"source_variant": info["variant"]}}
     if kind == "torch":
         return Path(shutil.copy(model_pt, out / "model.pt")), {}
     if kind == "cluster":  # k-means weights; still a dense float model, run in PyTorch
@@ -88,6 +96,20 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
     cache = out / "calibration.json"
     path = quantization.quantize_static_qdq(prep, target, calib, cache=cache, op_types=ops, **opts)
     return path, {"prep": prep, "opts": opts, "cache": cache, "ops": ops}
+
+
+def openvino_source(given, out, model_name, setting):
+    """Kind openvino: the folder of the variant whose file it runs (given, or the sibling <model>_<source>), checked
+    to be that recipe's variant; None for other kinds."""
+    if setting["kind"] != "openvino":
+        return None
+    folder = Path(given) if given else out.parent / f"{model_name}_{setting['source']}"
+    expected = f"{model_name}_{setting['source']}"
+    if folder.name != expected:
+        raise params.ParamError(f"--source {folder}: expected the folder of variant {expected!r} (recipe source)")
+    if not (folder / "variant.json").is_file():
+        raise errors.InputError(f"{folder}/variant.json not found; make variant {expected!r} (quantize) first")
+    return folder
 
 
 def publish(partial, out, path):
@@ -164,6 +186,11 @@ def main():
     parser.add_argument("teacher", help="the teacher's model.pt: the KD loss of QAT recipes")
     parser.add_argument("out_dir", help="folder for the model file, variant.json (and calibration.json)")
     parser.add_argument("metrics")
+    parser.add_argument(
+        "--source",
+        help="kind openvino: the variant folder whose ONNX file it runs (default: "
+        "<out_dir>/../<model>_<recipe source>)",
+    )
     args = parser.parse_args()
     p = params.load("base", "distill", "evaluate", "quantize")
     q, recipe = check(p, args.recipe)
@@ -195,7 +222,8 @@ def main():
         tempfile.TemporaryDirectory(prefix="quantize.") as tmp,
         tempfile.TemporaryDirectory(dir=out, prefix=".partial.") as partial,
     ):
-        ctx = {"data_dir": args.data_dir, "teacher": args.teacher, "params": p}
+        source = openvino_source(args.source, out, Path(args.model).parent.name, setting)
+        ctx = {"data_dir": args.data_dir, "teacher": args.teacher, "params": p, "source": source}
         path, static = make(kind, setting, args.model, model, card, Path(partial), calib, Path(tmp), ctx)
         stats = {
             "variant": args.variant,
@@ -204,7 +232,7 @@ def main():
             **cpu,
             "settings": {k: v for k, v in setting.items() if k != "kind"},
         }
-        for extra in ("clustering", "qat"):
+        for extra in ("clustering", "qat", "openvino"):
             stats |= static.pop(extra, {})
         if static:
             x_sens = x_val[: q["sensitivity_images"]]
@@ -222,6 +250,8 @@ def main():
         "size_mb": round(path.stat().st_size / 2**20, 3),
         "settings": stats["settings"],
     }
+    if kind == "openvino":  # how the runner is made: lib/runtime load_runner(options=...)
+        info |= {"runtime_options": {"precision": setting["precision"]}, "source_variant": stats["source_variant"]}
     write_json(out / "variant.json", info)
     stats["size_mb"] = info["size_mb"]
     if path.suffix == ".onnx":
@@ -230,13 +260,16 @@ def main():
 
     if kind != "torch":  # how far the variant moved from the FP32 model, on validation images
         ref = runtime.TorchRunner(args.model, p["base"]["threads"])
-        runner = runtime.load_runner(path, info["runtime"], p["base"]["threads"])
+        runner = runtime.load_runner(path, info["runtime"], p["base"]["threads"], options=info.get("runtime_options"))
         ref_logits = np.concatenate([ref(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
         logits = np.concatenate([runner(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
         stats["val_top1_agreement"] = round(float(np.mean(ref_logits.argmax(1) == logits.argmax(1))), 4)
         stats["val_max_abs_logit_diff"] = round(float(np.abs(ref_logits - logits).max()), 4)
         deltas, hurt = judge(ref_logits, logits)
         stats |= deltas | {"ptq_hurt": hurt, "max_drop_pt": q["max_drop_pt"]}
+        if kind == "openvino":  # the same file in ONNX Runtime: the two runtimes must agree (lib/runtime/openvino)
+            ort = runtime.load_runner(path, "onnxruntime", p["base"]["threads"])
+            stats |= ov_runtime.agreement(runtime.predict(ort, x_val), runtime.predict(runner, x_val), path)
     write_json(args.metrics, stats)
     log.info("%s (%s): %s", args.variant, card["arch"], {k: v for k, v in stats.items() if not isinstance(v, dict)})
 

@@ -1,22 +1,22 @@
 """Choosing the variant to deploy under constraints, from validation metrics and the benchmark only.
 
 Test metrics never enter the decision; they are reported afterwards as the honest estimate of the pick.
-Only variants that deploy as one ONNX file (runtime onnxruntime) are candidates: the bundle and
-`screen` run ONNX Runtime without PyTorch. PyTorch variants are listed with the reason they are not.
+Only variants that deploy as one ONNX file (runtime onnxruntime or openvino) are candidates: the bundle and
+`screen` run that file in its runtime without PyTorch. PyTorch variants are listed with the reason they are not.
 """
 
 from stages.lib.metrics import speed
 from stages.lib.params import ParamError, check_int, check_range
 
 OBJECTIVES = {
-    "latency": "among the ONNX Runtime variants that meet every constraint, the fastest at batch 1; variants "
-    "not distinguishably slower than the fastest (paired speed-up interval over benchmark rounds includes 1x, "
+    "latency": "among the ONNX variants (ONNX Runtime or OpenVINO) that meet every constraint, the fastest at "
+    "batch 1; variants not distinguishably slower than the fastest (paired speed-up interval over benchmark rounds includes 1x, "
     "at the steadier thread count) tie with it, and a tie goes to quality: the lower validation FPR at the "
     "target recall, then the higher validation AUROC, then the name",
-    "auroc": "among the ONNX Runtime variants that meet every constraint, the highest validation AUROC; "
-    "ties go to the lower batch-1 latency, then the name",
+    "auroc": "among the ONNX variants (ONNX Runtime or OpenVINO) that meet every constraint, the highest "
+    "validation AUROC; ties go to the lower batch-1 latency, then the name",
 }
-DEPLOYABLE = "onnxruntime"
+DEPLOYABLE = ("onnxruntime", "openvino")  # the runtimes the bundle and `screen` run (lib/runtime load_runner)
 # constraint -> (the value it is checked against, "min" or "max", unit for messages)
 CONSTRAINTS = {
     "min_recall": ("val_recall_bound", "min", ""),
@@ -69,8 +69,8 @@ def assess(bench_variants, evaluations, sel):
             raise FileNotFoundError(f"variant {name!r} is in the benchmark but has no evaluate metrics")
         entry = {"runtime": bench["runtime"], "model_file": bench["model_file"], **observed(evaluations[name], bench)}
         failed, margins = {}, {}
-        if bench["runtime"] != DEPLOYABLE:
-            failed["runtime"] = {"value": bench["runtime"], "limit": DEPLOYABLE}
+        if bench["runtime"] not in DEPLOYABLE:
+            failed["runtime"] = {"value": bench["runtime"], "limit": list(DEPLOYABLE)}
         for key, (field, kind, _) in CONSTRAINTS.items():
             limit, value = sel[key], entry[field]
             if limit is None:

@@ -5,6 +5,7 @@ A recipe is one entry of `quantize.recipes` in params.yaml and states only what 
 defaults, e.g.
     int8_static_pc: {kind: ort_static}                     # every option at the kind's default
     int8_static_pt: {kind: ort_static, per_channel: false}
+    ov_int8: {kind: openvino, source: int8_auto}           # int8_auto's ONNX file, run in OpenVINO
 Every kind lists the options it takes with their default and allowed values (KINDS below; the cluster,
 pt2e and qat kinds keep theirs in lib/clustering.py, lib/pt2e.py and lib/qat.py, DEFAULTS). An unknown
 name, option or value stops the stage with the key, the value and what is allowed. `check` returns the
@@ -44,6 +45,9 @@ KINDS = {
     # sensitive layers back to float one at a time until the paired validation drop fits quantize.max_drop_pt.
     "ort_auto": {k: v for k, v in STATIC.items() if k != "fp32_layers"}
     | {"max_fp32_layers": (8, ("int", 0))},  # the cap: past it the variant keeps the best found, marked unfit
+    # An ONNX Runtime variant's file, run in OpenVINO (lib/runtime/openvino): no new file is made. `source` names the
+    # recipe whose file it runs (checked by `find`); precision bf16 only where the CPU has BF16/AMX (refused elsewhere).
+    "openvino": {"source": ("ort_fp32", ("recipe",)), "precision": ("f32", {"f32", "bf16"})},
     "ort_dynamic": {  # weights INT8, activation ranges computed per call
         "per_channel": (True, BOOL),
         "weight_type": ("int8", WEIGHT_TYPES),
@@ -61,10 +65,14 @@ RUNTIME = {
     "ort_static": "onnxruntime",
     "ort_auto": "onnxruntime",
     "ort_dynamic": "onnxruntime",
+    "openvino": "openvino",
     "cluster": "torch",
     "pt2e": "torch_pt2e",
     "qat": "onnxruntime",
 }
+
+# Kinds whose variant is an ONNX file OpenVINO can run as it is (a kind `openvino` recipe's `source`).
+ONNX_FILE_KINDS = {"onnx_fp32", "onnx_fp16", "ort_static", "ort_auto", "ort_dynamic", "qat"}
 
 # ViT-safe INT8: only the matrix multiplies are quantized. Softmax, LayerNorm, GELU and the residual
 # Adds stay float: their outputs have outliers that one INT8 scale per tensor cannot hold.
@@ -102,7 +110,10 @@ def check(name, recipe, recipes_key="quantize.recipes"):
         )
     whole = {"kind": kind, **{opt: options.get(opt, default) for opt, (default, _) in allowed.items()}}
     for opt, (_, rule) in allowed.items():
-        if isinstance(rule, tuple):
+        if rule == ("recipe",):  # another recipe's name: `find` checks it against the menu
+            if not isinstance(whole[opt], str):
+                raise ParamError(f"{key}.{opt}={whole[opt]!r} is not allowed; expected a recipe name")
+        elif isinstance(rule, tuple):
             check_int(f"{key}.{opt}", whole[opt], rule[1])
         else:
             check_choice(f"{key}.{opt}", whole[opt], rule)
@@ -114,7 +125,15 @@ def find(recipes, name):
     if not isinstance(recipes, dict) or name not in recipes:
         known = sorted(recipes) if isinstance(recipes, dict) else []
         raise ParamError(f"recipe={name!r} is not in quantize.recipes; expected one of {known}")
-    return check(name, recipes[name])
+    recipe = check(name, recipes[name])
+    if recipe["kind"] == "openvino":
+        source = recipe["source"]
+        files = sorted(n for n, r in recipes.items() if isinstance(r, dict) and r.get("kind") in ONNX_FILE_KINDS)
+        if source not in files:
+            raise ParamError(
+                f"quantize.recipes.{name}.source={source!r}: expected a recipe that makes an ONNX file, one of {files}"
+            )
+    return recipe
 
 
 def cpu_int8_features(path=CPU_FLAGS_FILE):

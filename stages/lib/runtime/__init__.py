@@ -2,7 +2,8 @@
 benchmark's GPU path, with CUDA graphs and torch.compile, is lib/runtime/gpu).
 
 torch is imported only for PyTorch variants, so a process that runs an ONNX Runtime
-variant holds ORT's memory alone, as it would in deployment. Each runner records the
+variant holds ORT's memory alone, as it would in deployment; an OpenVINO variant (lib/runtime/openvino)
+imports neither torch nor ONNX Runtime. Each runner records the
 runtime settings it used (`settings`), so a benchmark result says how it was measured.
 """
 
@@ -13,7 +14,8 @@ import numpy as np
 from stages.lib import errors
 from stages.lib.outputs import read_json
 
-RUNTIMES = ("torch", "onnxruntime", "torch_pt2e")  # torch_pt2e: a torchao PT2E INT8 program, Inductor-compiled
+# torch_pt2e: a torchao PT2E INT8 program, Inductor-compiled; openvino: an ORT variant's ONNX file in OpenVINO
+RUNTIMES = ("torch", "onnxruntime", "torch_pt2e", "openvino")
 
 # ONNX Runtime CPU settings for every session (evaluate and benchmark alike). Intra-op threads
 # spin-wait between operators (ORT's default): lower, steadier batch-1 latency at the price of
@@ -79,10 +81,7 @@ class OrtRunner:
         except ort_load_errors() as e:  # it parses, but is no model ORT can load (e.g. cut at a field boundary)
             raise errors.damaged(path, errors.reason(e)) from e
         self.input = self.session.get_inputs()[0].name
-        # Weights only: quantization scales and zero points are bookkeeping, not parameters.
-        self.param_count = sum(
-            int(np.prod(t.dims)) for t in graph.initializer if not t.name.endswith(("_scale", "_zero_point"))
-        )
+        self.param_count = onnx_param_count(graph)
         self.settings = {
             "threads": threads,
             **ORT_CPU,
@@ -92,6 +91,11 @@ class OrtRunner:
 
     def __call__(self, x):
         return self.session.run(None, {self.input: x})[0]
+
+
+def onnx_param_count(graph):
+    """Weights only: quantization scales and zero points are bookkeeping, not parameters."""
+    return sum(int(np.prod(t.dims)) for t in graph.initializer if not t.name.endswith(("_scale", "_zero_point")))
 
 
 def read_onnx(path):
@@ -123,7 +127,12 @@ def read_variant(variant_dir):
     return folder / info["file"], info["runtime"], info
 
 
-def load_runner(path, runtime, threads, device="cpu", channels_last=False):
+def load_runner(path, runtime, threads, device="cpu", channels_last=False, options=None):
+    """The runner for `runtime`; `options`: the variant's runtime_options (variant.json), e.g. OpenVINO's precision."""
+    if runtime == "openvino":
+        from stages.lib.runtime import openvino
+
+        return openvino.OvRunner(path, threads, device, channels_last, **(options or {}))
     if runtime == "torch_pt2e":
         from stages.lib.quantization import pt2e
 

@@ -52,18 +52,21 @@ def measure(runner, image_size, batch_size, seconds, min_calls, warmup, prefix="
     }
 
 
-def run_variant(model, runtime_name, threads, image_size, batch_size, seconds, min_calls, warmup, channels_last):
+def run_variant(
+    model, runtime_name, threads, image_size, batch_size, seconds, min_calls, warmup, channels_last, options=None
+):
     """Everything measured for one variant in this process: one block per thread count (the GPU path is
-    lib/runtime/gpu, in processes of its own)."""
+    lib/runtime/gpu, in processes of its own). `options`: the variant's runtime_options (variant.json)."""
     result = {"runtime": runtime_name}
     for n in threads:
-        runner = runtime.load_runner(model, runtime_name, n, channels_last=channels_last)
+        runner = runtime.load_runner(model, runtime_name, n, channels_last=channels_last, options=options)
         result.update(measure(runner, image_size, batch_size, seconds, min_calls, warmup, prefix=f"t{n}_"))
         result["param_count"] = runner.param_count
         result["settings"] = runner.settings
         del runner
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-    result["torch_imported"] = "torch" in sys.modules  # ONNX Runtime variants must run without it
+    result["torch_imported"] = "torch" in sys.modules  # ONNX Runtime and OpenVINO variants must run without it
+    result["onnxruntime_imported"] = "onnxruntime" in sys.modules  # OpenVINO variants run without ORT as well
     return result
 
 
@@ -78,9 +81,19 @@ def main():
     parser.add_argument("--min-calls", type=int, required=True)
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--options", type=json.loads, default=None, help="runtime_options as JSON")
     a = parser.parse_args()
     result = run_variant(
-        a.model, a.runtime, a.threads, a.image_size, a.batch_size, a.seconds, a.min_calls, a.warmup, a.channels_last
+        a.model,
+        a.runtime,
+        a.threads,
+        a.image_size,
+        a.batch_size,
+        a.seconds,
+        a.min_calls,
+        a.warmup,
+        a.channels_last,
+        a.options,
     )
     print(json.dumps(result))
 
