@@ -3,8 +3,9 @@
     python -m stages.screen artifacts/deploy line3/ extra.png --out verdicts.csv
 
 Each file is decoded exactly as `prepare` and `evaluate` decode it (lib/deploy: the prepare stage's
-decoder, RGB, bilinear resize, [0, 1]), scored in batches by the bundle's ONNX model in ONNX Runtime
-(the evaluate/benchmark session settings), and written as one CSV row: path, sha256 of the file,
+decoder, RGB, bilinear resize, [0, 1]), scored in batches by the bundle's ONNX model in the runtime select
+picked it in (ONNX Runtime or OpenVINO: deploy.json `benchmark.runtime`, with the evaluate/benchmark
+settings), and written as one CSV row: path, sha256 of the file,
 pixel_sha256 (the decoded pixels, as prepare's manifest), score (binary: the defect probability;
 multi-class: the top class's probability) and verdict (binary: defect when score >= the bundle's
 threshold, else good; multi-class: the top class). Folders are searched recursively for image files.
@@ -16,7 +17,7 @@ the number of files. `--workers 0` decodes in the main thread, one file after th
 the same either way.
 
 Exit status: 0 done; 2 a user error, printed as one line `screen: ...` (a bad option, a missing, empty or
-damaged bundle, a model ONNX Runtime cannot load, a missing input, no image at all); 3 done, but unreadable
+damaged bundle, a model its runtime cannot load, a missing input, no image at all); 3 done, but unreadable
 or truncated files were skipped (listed in the log and in `<out>.skipped.csv`). It never imports torch.
 """
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from stages.lib import deploy, errors, runtime
 from stages.lib.data.images import IMAGE_SUFFIXES, ImageDecodeError
+from stages.lib.deploy import selection
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("screen")
@@ -213,13 +215,20 @@ def main(argv=None):
         raise errors.InputError(f"cannot list the inputs: {errors.reason(e)}") from e
     threads = args.threads or bundle["benchmark"]["threads"]
     workers = default_workers(threads) if args.workers is None else args.workers
+    name = bundle["benchmark"].get("runtime", "onnxruntime")  # the runtime select benchmarked and picked
+    if name not in selection.DEPLOYABLE:
+        raise deploy.BundleError(
+            f"deploy.json: runtime {name!r} is not one screen runs; expected {selection.DEPLOYABLE}"
+        )
     try:
-        runner = runtime.OrtRunner(bundle["model_path"], threads)
+        runner = runtime.load_runner(
+            bundle["model_path"], name, threads, options=bundle["benchmark"].get("runtime_options")
+        )
     except errors.UserError:
         raise
-    except Exception as e:  # ONNX Runtime raises its own types; the last line says what is wrong
+    except Exception as e:  # the runtimes raise their own types; the last line says what is wrong
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise errors.InputError(f"ONNX Runtime cannot load {bundle['model_path']}: {reason}") from e
+        raise errors.InputError(f"{name} cannot load {bundle['model_path']}: {reason}") from e
 
     rows, skipped, timing = screen(bundle, runner, files, args.batch_size, workers)
     write_csv(args.out, rows, ["path", "sha256", "pixel_sha256", "score", "verdict"])
@@ -237,6 +246,7 @@ def main(argv=None):
         "images_per_s": round(rate, 1),
         **{k: round(v, 3) for k, v in timing.items()},
         "threads": threads,
+        "runtime": name,
         "batch_size": args.batch_size,
         "workers": workers,
         "prefetch_images": PREFETCH_BATCHES * args.batch_size if workers else 0,
@@ -246,7 +256,7 @@ def main(argv=None):
     if args.summary:
         write_json(args.summary, summary)
     log.info(
-        "%d images screened with %s in %.1f s (%.1f images/s incl. decoding; %d decoders, %d ORT threads, "
+        "%d images screened with %s in %.1f s (%.1f images/s incl. decoding; %d decoders, %d %s threads, "
         "%.1f s in the model): %s; %d unreadable skipped%s",
         len(rows),
         bundle["variant"],
@@ -254,6 +264,7 @@ def main(argv=None):
         rate,
         workers,
         threads,
+        name,
         timing["model_seconds"],
         counts,
         len(skipped),

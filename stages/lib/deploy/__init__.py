@@ -7,7 +7,7 @@ its benchmark entry and machine fingerprint, the params and git revision that ma
 Decoding a raw file for the model is `images.read_image` (prepare's code path: fixed per-mode rules,
 shrunk to `max_side`) followed by what `data.load_split` does with the prepared PNG (PNG is lossless):
 convert to RGB, bilinear resize to the input size, scale to [0, 1]. This module never imports torch,
-so `screen` runs with ONNX Runtime alone.
+so `screen` runs with the bundle's runtime alone (ONNX Runtime or OpenVINO: deploy.json `benchmark.runtime`).
 """
 
 import hashlib
