@@ -194,6 +194,10 @@ def main():
     args = parser.parse_args()
     p = params.load("base", "distill", "evaluate", "quantize")
     q, recipe = check(p, args.recipe)
+    if recipe["kind"] == "openvino":  # bf16 where the CPU has none: refused before any work, with the reason
+        reason = ov_runtime.unavailable_reason(recipe["precision"], ov_runtime.capabilities())
+        if reason:
+            raise ov_runtime.PrecisionUnavailable(f"quantize.recipes.{args.recipe}.precision: {reason}")
     params.setup(p["base"])
     size, seed = p["base"]["image_size"], p["base"]["seed"]
     out = Path(args.out_dir)
