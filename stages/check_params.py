@@ -98,6 +98,7 @@ def check_names(p, made):
                     f"{key} has {name!r}{schema.suggest(name, known)}, which is not {what}; "
                     f"expected some of {sorted(known)}"
                 )
+    check_openvino(compare, p["quantize"])
     compared = [f"{m}_{r}" for m in compare["models"] for r in compare["recipes"]]
     ref = p["report"]["reference"]
     if ref not in compared:
@@ -116,6 +117,38 @@ def check_names(p, made):
                     f"{key} has {name!r}{schema.suggest(name, possible)}, which is no <model>_<recipe> variant; "
                     f"expected a model of {sorted(made)} and a recipe of quantize.recipes"
                 )
+
+
+def check_openvino(compare, quantize):
+    """compare.openvino: recipes of kind openvino, each with its quantize.openvino pair (what dvc.yaml's quantize_ov
+    and evaluate_ov read), the pair's source the recipe's own, and that source compared, so its file gets made."""
+    menu = quantize["recipes"]
+    pairs = {}
+    for i, pair in enumerate(quantize["openvino"]):
+        if not isinstance(pair, dict) or set(pair) != {"recipe", "source"}:
+            raise params.ParamError(
+                f"quantize.openvino item {i} = {pair!r} is not allowed; expected {{recipe: <name>, source: <name>}}"
+            )
+        pairs[pair["recipe"]] = pair["source"]
+    for name in compare["openvino"]:
+        recipe = menu.get(name)
+        if not isinstance(recipe, dict) or recipe.get("kind") != "openvino":
+            ov = sorted(n for n, r in menu.items() if isinstance(r, dict) and r.get("kind") == "openvino")
+            raise params.ParamError(
+                f"compare.openvino has {name!r}{schema.suggest(name, ov)}, which is no kind openvino recipe of "
+                f"quantize.recipes; expected some of {ov}"
+            )
+        source = recipe.get("source", "ort_fp32")
+        if pairs.get(name) != source:
+            raise params.ParamError(
+                f"quantize.openvino has no item {{recipe: {name}, source: {source}}} for compare.openvino's {name!r} "
+                f"(its recipe's source); dvc.yaml's quantize_ov makes the variants from those items"
+            )
+        if source not in compare["recipes"]:
+            raise params.ParamError(
+                f"compare.openvino has {name!r}, which runs the file of recipe {source!r}, but compare.recipes "
+                f"{compare['recipes']} does not make it; add {source!r} there"
+            )
 
 
 def main():

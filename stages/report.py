@@ -170,13 +170,15 @@ def main():
     parser.add_argument("--curves", help="plots/evaluate of the evaluate stages: ROC and PR of every variant overlaid")
     parser.add_argument("--models", nargs="+", required=True, help="params compare.models")
     parser.add_argument("--recipes", nargs="+", required=True, help="params compare.recipes")
+    parser.add_argument("--openvino", nargs="*", default=[], help="params compare.openvino: more recipes")
     args = parser.parse_args()
     p = params.load("report", "base", "evaluate", "compare", "quantize", "prepare")
     params.check_int("evaluate.bootstrap", p["evaluate"]["bootstrap"], 100)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     bench = read_json(args.benchmark)
-    wanted = {f"{m}_{r}" for m in args.models for r in args.recipes}
+    recipes = args.recipes + args.openvino
+    wanted = {f"{m}_{r}" for m in args.models for r in recipes}
 
     def keep(found):  # older experiments' files may still lie in the folders: only this run's variants
         return {k: v for k, v in found.items() if k in wanted}
@@ -195,7 +197,7 @@ def main():
     table = comparison.build_table(ev, reference)
     steps = {name: {"before": b, "after": a, "delta": ev.compare(a, b)} for name, (b, a) in step_pairs.items()}
     quantized = keep(read_dir(args.quantize_dir))
-    prec = precision.rows(ev, table, args.models, args.recipes, reference, guards, quantized)
+    prec = precision.rows(ev, table, args.models, recipes, reference, guards, quantized)
     recommended, rule = comparison.recommend(table, guards, ev)
     names = [n for n in ev.ci_names if n not in ("precision", "f1")]
 

@@ -27,14 +27,18 @@ MOBILEONE = WEIGHTS / "mobileone_s0.reparam_in1k.safetensors"
 # The data path is what is under test: a few models x two recipes are enough for every stage to see the
 # data set (distill and prune still train), and keep each run a few minutes.
 SMALL = {
-    "compare": {"models": ["teacher", "student_kd"], "recipes": ["torch_fp32", "int8_static_pc"]},
+    "compare": {"models": ["teacher", "student_kd"], "recipes": ["torch_fp32", "int8_static_pc"], "openvino": []},
     "sparsify": {**TINY["sparsify"], "models": {}},
 }
 FAMILIES = {
     "finetune_teacher": {"model": "vit_tiny_patch16_224", "weights": str(VIT)},
     "train_student": {"model": "mobileone_s0", "weights": str(MOBILEONE)},
     "prune": {"epochs": 1, "source": "teacher", "ratio": 0.34},
-    "compare": {"models": ["teacher", "student", "student_kd", "student_pruned"], "recipes": ["int8_static_pc"]},
+    "compare": {
+        "models": ["teacher", "student", "student_kd", "student_pruned"],
+        "recipes": ["int8_static_pc"],
+        "openvino": [],
+    },
     "report": {"reference": "teacher_int8_static_pc"},
 }
 CASES = {

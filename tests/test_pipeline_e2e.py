@@ -39,6 +39,7 @@ TINY = {
             "student_sparse24": {"pattern": "2:4"},
         },
     },
+    "compare": {"openvino": ["ov_int8"]},  # one OpenVINO recipe is enough to run its stages here
     "quantize": {"sensitivity_images": 4},
     "evaluate": {"bootstrap": 200, "threshold_rule": "lower_bound"},  # the small-val-set fallback path
     "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
@@ -103,7 +104,7 @@ def repo(tmp_path_factory):
 
 def compared(repo):
     compare = yaml.safe_load((repo / "params.yaml").read_text())["compare"]
-    return [f"{m}_{r}" for m in compare["models"] for r in compare["recipes"]]
+    return [f"{m}_{r}" for m in compare["models"] for r in compare["recipes"] + compare["openvino"]]
 
 
 def test_every_stage_runs_and_writes_its_outputs(repo):
@@ -151,7 +152,7 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
         assert b["latency_ms_p50"] > 0 and b["size_mb"] > 0 and b["peak_rss_mb"] > 0, v
         lo, hi = b["latency_ms_p50_ci95"]
         assert lo <= hi and b["latency_ms_p50_cov_pct"] >= 0 and b["fingerprint_id"] == fingerprint["id"]
-        assert b["torch_imported"] == (b["runtime"] != "onnxruntime"), v  # ORT variants run without torch
+        assert b["torch_imported"] == (b["runtime"] not in ("onnxruntime", "openvino")), v  # ONNX: without torch
     rounds = (repo / "plots/benchmark/rounds.csv").read_text().splitlines()
     assert len(rounds) == 1 + TINY["benchmark"]["rounds"] * len(variants) * 2  # threads 1 and base.threads
 
@@ -230,7 +231,7 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
     first, _ = repo
     # Every stage still runs (all models train); only the variants are fewer, to keep this second run short.
     small = {
-        "compare": {"models": ["student_kd"], "recipes": ["ort_fp32", "int8_static_pc"]},
+        "compare": {"models": ["student_kd"], "recipes": ["ort_fp32", "int8_static_pc"], "openvino": []},
         "sparsify": {**TINY["sparsify"], "models": {}},
         "report": {"reference": "student_kd_ort_fp32"},
     }

@@ -87,8 +87,13 @@ SCHEMA = {
         "sweep": list[int],
     },
     "sparsify": {"models": dict, "epochs": int, "lr_scale": float},  # each model: lib/sparsity.py
-    "compare": {"models": list[str], "recipes": list[str]},
-    "quantize": {"max_drop_pt": float, "sensitivity_images": int, "recipes": dict},  # each recipe: lib/recipes.py
+    "compare": {"models": list[str], "recipes": list[str], "openvino": list[str]},
+    "quantize": {
+        "max_drop_pt": float,
+        "sensitivity_images": int,
+        "openvino": list[dict],
+        "recipes": dict,
+    },  # each recipe: lib/recipes.py
     "evaluate": {
         "target_recall": float,
         "threshold_rule": str,  # checked against lib/thresholds.py RULES by the evaluate stage
@@ -205,4 +210,4 @@ def describe(rule):
 
 
 NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}
-PLURALS = {int: "integers", float: "numbers", str: "strings"}
+PLURALS = {int: "integers", float: "numbers", str: "strings", dict: "mappings"}
