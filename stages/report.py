@@ -23,7 +23,7 @@ import pandas as pd
 
 from stages.lib import data, errors, metrics, params
 from stages.lib.outputs import read_json, write_json, write_text
-from stages.lib.report import comparison, deployment, formatting, precision, summary, sweep, writeup
+from stages.lib.report import comparison, deployment, formatting, gpu, precision, summary, sweep, writeup
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -243,6 +243,8 @@ def main():
     }
     which = precision.section(prec, reference, guards, p["quantize"]["max_drop_pt"])
     text = precision.insert(precision.insert(writeup.render(table, ctx), which), section)
+    if gpu_lines := gpu.section(bench):  # only where the benchmark ran GPU rounds
+        text = precision.insert(text, "\n".join(gpu_lines) + "\n")
     head, appendix = text.split("\n## ", 1)  # the answer first; the sections that back it follow
     text = f"{head}\n" + "\n".join(summary.render(table, ctx, selected)) + f"\n## {appendix}"
     if selected and selected["selected"] is None:  # the first thing a reader must see

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from stages.lib import metrics, runtime
-from stages.lib.report import comparison, summary, writeup
+from stages.lib.report import comparison, gpu, summary, writeup
 
 NAMES = metrics.binary_ci_names(0.95, [1, 5])
 GUARDS = ["auroc", "fpr_at_recall_95pct"]
@@ -223,3 +223,32 @@ def check_summary(table, ctx):
     # nothing deployed: the summary says so and shows the report's own recommendation instead
     text = "\n".join(summary.render(table, ctx, {"selected": None}))
     assert "**Nothing deployed**" in text and f"**`{ctx['recommended']}`**" in text
+
+
+def test_gpu_section_only_with_gpu_rounds_and_against_the_targets():
+    cpu = {"variants": {"a_torch_fp32": {"runtime": "torch"}}}
+    assert gpu.section(cpu) == []  # a CPU-only benchmark: no section
+    g = {
+        "device": "H200",
+        "dtype": "float16",
+        "latency_ms_p50_b1": 0.8,
+        "latency_ms_p50_b1_ci95": [0.78, 0.83],
+        "latency_ms_p50_b1_by_dtype": {"float32": 1.1, "float16": 0.8},
+        "throughput_img_s": {"1": 1200.0, "1024": 79000.0},
+        "throughput_img_s_compiled": {"1024": 145000.0},
+        "compile_s": {"1024": 18.2},
+        "peak_gpu_mem_mb": 900.0,
+    }
+    bench = {
+        "variants": {
+            "student_kd_torch_fp32": {"runtime": "torch", "gpu": g},
+            "teacher_torch_fp32": {"runtime": "torch", "gpu": {**g, "latency_ms_p50_b1": 1.5, "compile_s": {}}},
+            "student_kd_int8_auto": {"runtime": "onnxruntime", "gpu": {"skipped": "no CUDA provider"}},
+        },
+        "gpu": {"device": {"name": "H200", "driver": "1", "cuda": "13"}, "gpu_compile": ["student_kd_torch_fp32"]},
+    }
+    text = "\n".join(gpu.section(bench))
+    assert text.startswith("## GPU") and "0.800 [0.780, 0.830]" in text and "145,000 (1024, compiled)" in text
+    assert "`student_kd_int8_auto` (no CUDA provider)" in text
+    assert "`student_kd_torch_fp32` 0.800 ms (met), 145,000 img/s (met)" in text  # the targets name the Lite0 only
+    assert "`teacher_torch_fp32` 1.50" not in text
