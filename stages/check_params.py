@@ -120,9 +120,16 @@ def check_names(p, made):
 
 
 def check_openvino(compare, quantize):
-    """compare.openvino: recipes of kind openvino, each with its quantize.openvino pair (what dvc.yaml's quantize_ov
-    and evaluate_ov read), the pair's source the recipe's own, and that source compared, so its file gets made."""
+    """compare.openvino: recipes of kind openvino; quantize.openvino: the same recipes, each with its recipe's source
+    (dvc.yaml's quantize_ov makes every item, evaluate_ov scores compare's); each source compared, so its file exists."""
     menu = quantize["recipes"]
+    ov = sorted(n for n, r in menu.items() if isinstance(r, dict) and r.get("kind") == "openvino")
+    for name in compare["openvino"]:
+        if name not in ov:
+            raise params.ParamError(
+                f"compare.openvino has {name!r}{schema.suggest(name, ov)}, which is no kind openvino recipe of "
+                f"quantize.recipes; expected some of {ov}"
+            )
     pairs = {}
     for i, pair in enumerate(quantize["openvino"]):
         if not isinstance(pair, dict) or set(pair) != {"recipe", "source"}:
@@ -130,19 +137,17 @@ def check_openvino(compare, quantize):
                 f"quantize.openvino item {i} = {pair!r} is not allowed; expected {{recipe: <name>, source: <name>}}"
             )
         pairs[pair["recipe"]] = pair["source"]
+    if sorted(pairs) != sorted(compare["openvino"]):
+        raise params.ParamError(
+            f"quantize.openvino makes {sorted(pairs)} but compare.openvino lists {sorted(compare['openvino'])}; "
+            "expected the same recipes in both (empty both to compare no OpenVINO variant)"
+        )
     for name in compare["openvino"]:
-        recipe = menu.get(name)
-        if not isinstance(recipe, dict) or recipe.get("kind") != "openvino":
-            ov = sorted(n for n, r in menu.items() if isinstance(r, dict) and r.get("kind") == "openvino")
+        source = menu[name].get("source", "ort_fp32")
+        if pairs[name] != source:
             raise params.ParamError(
-                f"compare.openvino has {name!r}{schema.suggest(name, ov)}, which is no kind openvino recipe of "
-                f"quantize.recipes; expected some of {ov}"
-            )
-        source = recipe.get("source", "ort_fp32")
-        if pairs.get(name) != source:
-            raise params.ParamError(
-                f"quantize.openvino has no item {{recipe: {name}, source: {source}}} for compare.openvino's {name!r} "
-                f"(its recipe's source); dvc.yaml's quantize_ov makes the variants from those items"
+                f"quantize.openvino item {{recipe: {name}, source: {pairs[name]}}}: recipe {name!r} runs the file of "
+                f"{source!r}; expected source: {source}"
             )
         if source not in compare["recipes"]:
             raise params.ParamError(

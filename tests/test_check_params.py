@@ -181,6 +181,7 @@ def test_report_steps_may_name_variants_this_run_does_not_compare(pipeline, para
     made = check_params.models_made(pipeline, params)
     params["compare"]["recipes"] = ["torch_fp32", "ort_fp32"]  # the int8 steps are left out, not refused
     params["compare"]["openvino"] = ["ov_fp32"]  # (ov_int8 runs int8_auto's file, not made now)
+    params["quantize"]["openvino"] = [{"recipe": "ov_fp32", "source": "ort_fp32"}]
     check_params.check_names(params, made)
     params["report"]["steps"]["int8"] = ["student_kd_ort_fp32", "student_kd_int8_static_p"]
     with pytest.raises(ParamError, match=r"^report\.steps\.int8 has 'student_kd_int8_static_p' \(did you mean"):
@@ -197,9 +198,15 @@ def test_openvino_variants_need_their_pair_and_their_source_compared(pipeline, p
     params["compare"]["openvino"] = ["ov_fp32", "ov_fp3"]
     with pytest.raises(ParamError, match=r"^compare\.openvino has 'ov_fp3' \(did you mean 'ov_fp32'\?\), which is no"):
         check_params.check_names(params, made)
-    params["compare"]["openvino"] = ["ov_bf16"]  # a recipe with no quantize.openvino item: dvc.yaml would not make it
-    with pytest.raises(ParamError, match=r"^quantize\.openvino has no item \{recipe: ov_bf16, source: ort_fp32\}"):
+    params["compare"]["openvino"] = ["ov_bf16"]  # quantize_ov would make other variants than evaluate_ov scores
+    with pytest.raises(ParamError, match=r"^quantize\.openvino makes \['ov_fp32', 'ov_int8'\] but compare\.openvino"):
         check_params.check_names(params, made)
+    params["compare"]["openvino"] = ["ov_fp32"]
+    params["quantize"]["openvino"] = [{"recipe": "ov_fp32", "source": "int8_auto"}]
+    with pytest.raises(ParamError, match=r"^quantize\.openvino item \{recipe: ov_fp32, source: int8_auto\}"):
+        check_params.check_names(params, made)
+    params["compare"]["openvino"], params["quantize"]["openvino"] = [], []  # no OpenVINO variant at all
+    check_params.check_names(params, made)
 
 
 @pytest.mark.parametrize(

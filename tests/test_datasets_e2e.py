@@ -29,6 +29,7 @@ MOBILEONE = WEIGHTS / "mobileone_s0.reparam_in1k.safetensors"
 SMALL = {
     "compare": {"models": ["teacher", "student_kd"], "recipes": ["torch_fp32", "int8_static_pc"], "openvino": []},
     "sparsify": {**TINY["sparsify"], "models": {}},
+    "quantize": {**TINY["quantize"], "openvino": []},
 }
 FAMILIES = {
     "finetune_teacher": {"model": "vit_tiny_patch16_224", "weights": str(VIT)},

@@ -105,7 +105,7 @@ def pick(assessed, objective="latency", ties=None):
         tied = [n for n in qualified if assessed[n]["latency_ms_p50"] == fastest]
     else:
         tied = [n for n in qualified if ties[n]["tie"]]
-    return min(tied, key=lambda n: (*quality_key(assessed[n]), ties[n]["latency_ms_p50"] if ties else 0, n))
+    return min(tied, key=lambda n: (*quality_key(assessed[n]), n))  # within noise, latency is no tie-break
 
 
 def decide(assessed, objective, variants, rounds, main_threads):

@@ -155,7 +155,7 @@ def recommend(table, guards, ev):
     _, ties = speed.latency_ties(ev.rounds, candidates, threads)
     sign = 1 if lower_is_better(guards[0]) else -1
     tied = [v for v in candidates if ties[v]["tie"]]
-    best = min(tied, key=lambda v: (sign * table.loc[v, guards[0]], ties[v]["latency_ms_p50"], v))
+    best = min(tied, key=lambda v: (sign * table.loc[v, guards[0]], v))  # within noise, latency is no tie-break
     rule = (
         f"among variants whose {' and '.join(guards)} are not distinguishably worse than the reference's (paired "
         f"95 % intervals), the fastest at batch 1, where {speed.RULE} (here {threads} thread(s)); a tie goes to "
