@@ -231,7 +231,7 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
     first, _ = repo
     # Every stage still runs (all models train); only the variants are fewer, to keep this second run short.
     small = {
-        "compare": {"models": ["student_kd"], "recipes": ["ort_fp32", "int8_static_pc"], "openvino": []},
+        "compare": {"models": ["student_kd"], "recipes": ["ort_fp32", "int8_auto"], "openvino": []},
         "quantize": {**TINY["quantize"], "openvino": []},
         "sparsify": {**TINY["sparsify"], "models": {}},
         "report": {"reference": "student_kd_ort_fp32"},
@@ -248,7 +248,7 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
 
     # Determinism: two from-scratch runs give byte-identical model files and equal quality metrics.
     files = [f"artifacts/{m}/model.pt" for m in ("teacher", "student", "student_kd", "student_pruned")]
-    files += [f"artifacts/variants/student_kd_{r}/model.onnx" for r in ("ort_fp32", "int8_static_pc")]
+    files += [f"artifacts/variants/student_kd_{r}/model.onnx" for r in ("ort_fp32", "int8_auto")]
     for f in files:
         assert (first / f).read_bytes() == (second / f).read_bytes(), f
     metrics = [
