@@ -83,6 +83,11 @@ def check_stages(p):
     params.check_choice("report.quality", p["report"]["quality"], {"auroc", *curves})  # as the report stage
 
 
+def unknown(key, name, known, rest):
+    """`<key> has '<name>' (did you mean ...?), which <rest>`: a name that ties sections together and is not known."""
+    return params.ParamError(f"{key} has {name!r}{schema.suggest(name, known)}, which {rest}")
+
+
 def check_names(p, made):
     """compare.*, report.* against the models some stage makes and the recipes quantize.recipes has."""
     compare, menu = p["compare"], p["quantize"]["recipes"]
@@ -94,10 +99,7 @@ def check_names(p, made):
             raise params.ParamError(f"{key} is empty; expected at least one of {sorted(known)}")
         for name in names:
             if name not in known:
-                raise params.ParamError(
-                    f"{key} has {name!r}{schema.suggest(name, known)}, which is not {what}; "
-                    f"expected some of {sorted(known)}"
-                )
+                raise unknown(key, name, known, f"is not {what}; expected some of {sorted(known)}")
     check_openvino(compare, p["quantize"])
     compared = [f"{m}_{r}" for m in compare["models"] for r in compare["recipes"]]
     ref = p["report"]["reference"]
@@ -113,9 +115,12 @@ def check_names(p, made):
             raise params.ParamError(f"{key}={pair!r} is not allowed; expected [before_variant, after_variant]")
         for name in pair:
             if name not in possible:
-                raise params.ParamError(
-                    f"{key} has {name!r}{schema.suggest(name, possible)}, which is no <model>_<recipe> variant; "
-                    f"expected a model of {sorted(made)} and a recipe of quantize.recipes"
+                raise unknown(
+                    key,
+                    name,
+                    possible,
+                    f"is no <model>_<recipe> variant; expected a model of {sorted(made)} and a "
+                    "recipe of quantize.recipes",
                 )
 
 
@@ -126,9 +131,8 @@ def check_openvino(compare, quantize):
     ov = sorted(n for n, r in menu.items() if isinstance(r, dict) and r.get("kind") == "openvino")
     for name in compare["openvino"]:
         if name not in ov:
-            raise params.ParamError(
-                f"compare.openvino has {name!r}{schema.suggest(name, ov)}, which is no kind openvino recipe of "
-                f"quantize.recipes; expected some of {ov}"
+            raise unknown(
+                "compare.openvino", name, ov, f"is no kind openvino recipe of quantize.recipes; expected some of {ov}"
             )
     pairs = {}
     for i, pair in enumerate(quantize["openvino"]):
