@@ -2,7 +2,9 @@
 
 python -m stages.prepare data/prepared metrics/prepare.json
 
-Writes data/prepared/{images/, manifest.csv, classes.json}; exact duplicate images always share a split.
+Writes data/prepared/{images/, manifest.csv, classes.json}; exact duplicate images always share a split, and so
+does every group of prepare.group_by (frames of one sequence, views of one part). prepare.resize says how a
+non-square image becomes square (squash, pad or crop); the PNGs are written that way.
 """
 
 import argparse
@@ -10,7 +12,7 @@ import logging
 from pathlib import Path
 
 from stages.lib import data, errors, params
-from stages.lib.data import datasets, images, splitting
+from stages.lib.data import datasets, groups, images, splitting
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("prepare")
@@ -41,14 +43,20 @@ def check(p):
     params.check_choice("prepare.on_bad_image", prep["on_bad_image"], {"skip", "error"})
     if prep["max_side"] is not None:
         params.check_int("prepare.max_side", prep["max_side"], p["base"]["image_size"])
+    groups.parse(prep.get("group_by"))  # the data-dependent checks run before decoding (groups.group_keys)
+    params.check_choice("prepare.resize", prep.get("resize", "squash"), set(images.RESIZE_MODES))
     return prep
 
 
 def split_counts(manifest, classes):
-    counts = {"n_images": len(manifest)}
+    """Images per split and per split and class; with groups (prepare.group_by) also groups per split."""
+    grouped = "group" in manifest.columns
+    counts = {"n_images": len(manifest), **({"n_groups": manifest["group"].nunique()} if grouped else {})}
     for split in data.SPLITS:
         rows = manifest[manifest["split"] == split]
         counts[f"{split}_images"] = len(rows)
+        if grouped:
+            counts[f"{split}_groups"] = rows["group"].nunique()
         for idx, name in enumerate(classes):
             counts[f"{split}_{name}"] = int((rows["label"] == idx).sum())
     return counts
@@ -74,15 +82,23 @@ def check_counts(counts, classes, prep):
 
 
 def hash_and_split(loaded, prep, seed):
-    """Pixel hashes, the optional subsample and the split: (images, table with sha256 and split columns)."""
+    """Pixel hashes, the optional subsample and the split: (images, table with sha256 and split columns).
+
+    With a `group` column (prepare.group_by) every group stays in one split (splitting.stratified_group_split)."""
     table = loaded.table.assign(sha256=[images.image_sha256(img) for img in loaded.images])
     strata = table[["class_name", *loaded.attributes]].astype(str).agg("/".join, axis=1).to_numpy()
     keep = splitting.subsample(strata, prep["max_images"], seed)
     pixels, table = [loaded.images[i] for i in keep], table.iloc[keep].reset_index(drop=True)
     hashes = table["sha256"].to_numpy()
-    table["split"] = splitting.stratified_split(strata[keep], prep["val_fraction"], prep["test_fraction"], seed, hashes)
+    fractions = prep["val_fraction"], prep["test_fraction"]
+    if "group" in table.columns:
+        table["split"] = splitting.stratified_group_split(strata[keep], table["group"], *fractions, seed, hashes)
+        if splitting.find_group_leaks(table):
+            raise RuntimeError("a group landed in two splits; stratified_group_split should prevent this")
+    else:
+        table["split"] = splitting.stratified_split(strata[keep], *fractions, seed, hashes)
     if splitting.find_duplicates(table):
-        raise RuntimeError("exact duplicate images landed in different splits; stratified_split should prevent this")
+        raise RuntimeError("exact duplicate images landed in different splits; the split should prevent this")
     return pixels, table
 
 
@@ -102,13 +118,13 @@ def main():
     counts = split_counts(table, loaded.classes)
     check_counts(counts, loaded.classes, prep)
 
-    manifest = datasets.write_prepared(args.out_dir, pixels, table)
+    manifest = datasets.write_prepared(args.out_dir, pixels, table, prep.get("resize", "squash"))
     meta = {"classes": loaded.classes, "task": loaded.task, "attributes": loaded.attributes}
     write_json(Path(args.out_dir) / "classes.json", meta)
     bad_paths = [bad["path"] for bad in loaded.bad_files]
     found = {"duplicate_images": splitting.count_duplicates(manifest), "bad_images": len(bad_paths)}
     write_json(args.metrics, {**counts, **found, "bad_image_files": bad_paths})
-    log.info("%d images -> %s", len(manifest), {k: v for k, v in counts.items() if k.endswith("_images")})
+    log.info("%d images -> %s", len(manifest), {k: v for k, v in counts.items() if k.endswith(("_images", "_groups"))})
     log.info(
         "class shares %s; %d exact duplicates kept together",
         manifest["class_name"].value_counts(normalize=True).round(3).to_dict(),

@@ -16,7 +16,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from stages.lib.data.images import IMAGE_SUFFIXES, ImageDecodeError, read_image
+from stages.lib.data.groups import group_keys
+from stages.lib.data.images import IMAGE_SUFFIXES, ImageDecodeError, fit_square, read_image
 from stages.lib.errors import InputError, MissingInputError, ParamError
 from stages.lib.outputs import atomic
 
@@ -49,7 +50,7 @@ class Loaded:
     """One data set in memory, the same shape for every adapter."""
 
     images: list[np.ndarray]  # uint8 (H, W) grayscale or (H, W, 3) RGB; sizes may differ between images
-    table: pd.DataFrame  # one row per image: label, class_name, source, then attribute columns
+    table: pd.DataFrame  # one row per image: label, class_name, source, attribute columns, group (prepare.group_by)
     classes: list[str]  # binary: ["good", "defect"]; multi-class: sorted defect-type names
     task: str  # "binary" or "multiclass"
     attributes: list[str]  # table columns that metrics are broken down by
@@ -75,6 +76,9 @@ def load_elpv(prep):
             "defect_prob": np.round(probs, 4),
         }
     )
+    keys = group_keys(table["source"], prep)
+    if keys is not None:
+        table["group"] = keys
     return Loaded(list(images), table, BINARY, "binary", ["cell_type"])
 
 
@@ -240,7 +244,12 @@ def _record(path, root, class_name, **attributes):
 
 
 def _decode(name, records, prep, classes, task, attributes):
-    """Read every record's image into a Loaded; unreadable files are skipped and listed, or raise."""
+    """Read every record's image into a Loaded; unreadable files are skipped and listed, or raise.
+
+    The groups (prepare.group_by) are found first, so a bad one stops the stage before any decoding."""
+    keys = group_keys([rec["source"] for rec in records], prep)
+    if keys is not None:
+        records = [{**rec, "group": key} for rec, key in zip(records, keys, strict=True)]
     images, kept, bad = [], [], []
     for rec in tqdm(records, desc=f"decode {name}", unit="img", mininterval=5, disable=len(records) < 500):
         try:
@@ -251,7 +260,7 @@ def _decode(name, records, prep, classes, task, attributes):
             bad.append({"path": rec["source"], "error": e.reason})
             continue
         kept.append(rec)
-    table = pd.DataFrame(kept, columns=["class_name", "source", *attributes])
+    table = pd.DataFrame(kept, columns=["class_name", "source", *attributes, *(["group"] if keys is not None else [])])
     table.insert(0, "label", table["class_name"].map(classes.index).astype(int))
     missing = [c for c in classes if c not in set(table["class_name"])]
     if missing:
@@ -263,14 +272,16 @@ def _decode(name, records, prep, classes, task, attributes):
     return Loaded(images, table, list(classes), task, list(attributes), bad)
 
 
-def write_prepared(out_dir, images, table):
-    """Write images as lossless PNG and the manifest (the table plus each image's path)."""
+def write_prepared(out_dir, images, table, resize="squash"):
+    """Write images as lossless PNG, made square by the `resize` mode (images.fit_square; squash keeps them as
+    decoded), and the manifest (the table plus each image's path). The table's sha256 stays that of the decoded
+    image, as screen reports it."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(images):
         rel = f"images/{i:05d}.png"
-        Image.fromarray(img).save(out_dir / rel)
+        Image.fromarray(fit_square(img, resize)).save(out_dir / rel)
         paths.append(rel)
     manifest = table.assign(path=paths)
     with atomic(out_dir / "manifest.csv") as tmp:

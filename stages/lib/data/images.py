@@ -21,6 +21,9 @@ from stages.lib.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}  # compared lower-case
 _TO_L = {"1", "LA", "La"}
+# How a non-square image becomes the model's square input (prepare.resize): squash = resize as it is (the aspect
+# ratio changes); pad = centred on a black (0) square of side max(H, W); crop = the centred square of side min(H, W).
+RESIZE_MODES = ("squash", "pad", "crop")
 
 
 class ImageDecodeError(InputError):
@@ -49,6 +52,29 @@ def read_image(path, max_side=None):
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BOX), dtype=np.uint8)
     return pixels
+
+
+def fit_square(pixels, mode):
+    """uint8 (H, W) or (H, W, C) -> the square the mode makes of it (squash: the image unchanged).
+
+    prepare writes this square and screen applies it to each decoded file, so both resize the same pixels.
+    The centre sits at ((H - side) // 2, (W - side) // 2): an odd difference leaves the extra row or column of
+    padding at the bottom or right, and crops the extra one from there.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    h, w = pixels.shape[:2]
+    if mode == "squash" or h == w:
+        return pixels
+    if mode == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return pixels[top : top + side, left : left + side]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    square = np.zeros((side, side, *pixels.shape[2:]), dtype=pixels.dtype)
+    square[top : top + h, left : left + w] = pixels
+    return square
 
 
 def to_uint8(img):
