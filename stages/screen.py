@@ -3,7 +3,7 @@
     python -m stages.screen artifacts/deploy line3/ extra.png --out verdicts.csv
 
 Each file is decoded exactly as `prepare` and `evaluate` decode it (lib/deploy: the prepare stage's
-decoder, RGB, bilinear resize, [0, 1]), scored in batches by the bundle's ONNX model in the runtime select
+decoder, made square by the bundle's resize mode (squash, pad or crop), RGB, bilinear resize, [0, 1]), scored in batches by the bundle's ONNX model in the runtime select
 picked it in (ONNX Runtime or OpenVINO: deploy.json `benchmark.runtime`, with the evaluate/benchmark
 settings), and written as one CSV row: path, sha256 of the file,
 pixel_sha256 (the decoded pixels, as prepare's manifest), score (binary: the defect probability;
@@ -82,12 +82,12 @@ def verdicts(probs, bundle):
     return [(float(p.max()), classes[int(p.argmax())]) for p in probs]
 
 
-def load(path, size, max_side):
+def load(path, size, max_side, resize="squash"):
     """One file -> (row, model input, decoding CPU seconds); row has `error` and input is None if unreadable."""
     t = time.thread_time()
     try:
         data = path.read_bytes()
-        x, pixel_sha = deploy.decode(data, size, max_side, name=path)
+        x, pixel_sha = deploy.decode(data, size, max_side, name=path, resize=resize)
     except (ImageDecodeError, OSError) as e:
         reason = e.reason if isinstance(e, ImageDecodeError) else f"{type(e).__name__}: {e}"
         return {"path": str(path), "error": reason}, None, time.thread_time() - t
@@ -117,7 +117,7 @@ def decoded(files, decode_one, workers, window):
 def screen(bundle, runner, files, batch_size, workers=0):
     """Rows for readable files, skipped files, and timings: wall time; time in the model; decoding CPU
     time summed over the decoders; time the model waited for decoded images."""
-    size, max_side = bundle["input_size"], bundle["decoding"]["max_side"]
+    size, max_side, resize = bundle["input_size"], bundle["decoding"]["max_side"], deploy.resize_mode(bundle)
     rows, skipped, batch, pending = [], [], [], []
     t = {"model_seconds": 0.0, "decode_seconds": 0.0, "wait_seconds": 0.0}
     start = time.perf_counter()
@@ -131,7 +131,7 @@ def screen(bundle, runner, files, batch_size, workers=0):
         batch.clear()
         pending.clear()
 
-    results = decoded(files, lambda f: load(f, size, max_side), workers, PREFETCH_BATCHES * batch_size)
+    results = decoded(files, lambda f: load(f, size, max_side, resize), workers, PREFETCH_BATCHES * batch_size)
     bar = tqdm(total=len(files), desc="screen", unit="img", mininterval=2)
     while True:
         t0 = time.perf_counter()

@@ -221,9 +221,11 @@ def test_decoded_keeps_order_and_bounds_the_files_in_flight():
     assert done == list(range(40))
 
 
+@pytest.mark.parametrize("resize", images.RESIZE_MODES)
 @pytest.mark.parametrize("max_side", [None, 64])
-def test_decoding_matches_prepare_then_load_split(tmp_path, max_side):
-    """Raw file -> prepare (read_image, PNG) -> data.load_split + to_float == deploy.decode of the raw file."""
+def test_decoding_matches_prepare_then_load_split(tmp_path, max_side, resize):
+    """Raw file -> prepare (read_image, PNG made square by the resize mode) -> data.load_split + to_float ==
+    deploy.decode of the raw file with that mode: no train/serve skew in any mode, on non-square images."""
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -235,11 +237,11 @@ def test_decoding_matches_prepare_then_load_split(tmp_path, max_side):
     files = sorted(raw.iterdir())
     pixels = [images.read_image(f, max_side) for f in files]
     table = datasets.pd.DataFrame({"label": 0, "split": "test", "sha256": [images.image_sha256(p) for p in pixels]})
-    datasets.write_prepared(tmp_path / "prepared", pixels, table)
+    datasets.write_prepared(tmp_path / "prepared", pixels, table, resize)
     x, _ = data.load_split(tmp_path / "prepared", "test", SIZE)
     expected = data.to_float(x).numpy()
     for i, f in enumerate(files):
-        got, pixel_sha = deploy.decode(f.read_bytes(), SIZE, max_side)
+        got, pixel_sha = deploy.decode(f.read_bytes(), SIZE, max_side, resize=resize)
         assert got.dtype == np.float32 and np.array_equal(got, expected[i]), f.name
         assert pixel_sha == table["sha256"][i]
 
@@ -255,3 +257,57 @@ def test_model_input_equals_convert_to_rgb_then_resize(shape, size):
     got = deploy.model_input(pixels, size)
     assert got.dtype == np.float32 and got.shape == (3, size, size)
     assert np.ascontiguousarray(got).tobytes() == expected.tobytes()
+
+
+def test_resize_modes_keep_the_aspect_ratio_or_not():
+    """A bright 20x60 bar: squash stretches it over the square, pad centres it on black, crop keeps its middle."""
+    wide = np.full((20, 60), 200, np.uint8)
+    wide[:, :5] = 10  # a dark left edge, cut off by the centre crop
+    assert images.fit_square(wide, "squash") is wide
+    padded = images.fit_square(wide, "pad")
+    assert padded.shape == (60, 60) and (padded[20:40] == wide).all()
+    assert not padded[:20].any() and not padded[40:].any()  # black above and below
+    cropped = images.fit_square(wide, "crop")
+    assert cropped.shape == (20, 20) and (cropped == 200).all()
+    tall_rgb = np.arange(7 * 4 * 3, dtype=np.uint8).reshape(7, 4, 3)
+    assert (images.fit_square(tall_rgb, "crop") == tall_rgb[1:5]).all()  # odd difference: the extra row from below
+    assert (images.fit_square(tall_rgb, "pad")[:, 1:5] == tall_rgb).all()  # 7x7: one column left, two right
+    squashed = deploy.model_input(wide, SIZE)
+    assert squashed[0, SIZE // 2, 0] < 0.1 and squashed[0, 0, SIZE // 2] > 0.7  # the bar fills the square
+    boxed = deploy.model_input(images.fit_square(wide, "pad"), SIZE)
+    assert boxed[0, 0, SIZE // 2] == 0 and boxed[0, SIZE // 2, SIZE // 2] > 0.7  # black bands, bar in the middle
+    with pytest.raises(ValueError, match="stretch"):
+        images.fit_square(wide, "stretch")
+
+
+@pytest.mark.parametrize("resize", images.RESIZE_MODES)
+def test_screen_honours_the_bundles_resize_mode(bundle, tmp_path, resize):
+    """A 24x96 image, bright in the middle third only: the mean the brightness model sees, and so the score,
+    follows the bundle's mode (crop sees only bright pixels, pad adds black bands)."""
+    meta = json.loads((bundle / "deploy.json").read_text())
+    meta["decoding"] = deploy.decoding_rules(SIZE, 64, resize)
+    (bundle / "deploy.json").write_text(json.dumps(meta))
+    pixels = np.full((24, 96), 40, np.uint8)
+    pixels[:, 36:60] = 250
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    proc = run_screen(bundle, tmp_path / "wide.png", "--out", tmp_path / "v.csv")
+    assert proc.returncode == 0, proc.stderr
+    score = float(next(csv.DictReader((tmp_path / "v.csv").open()))["score"])
+    x = deploy.model_input(images.fit_square(images.read_image(tmp_path / "wide.png", 64), resize), SIZE)
+    assert score == pytest.approx(1 / (1 + np.exp(-(20 * x.mean() - 10))), abs=1e-5)
+    assert {"squash": "good", "pad": "good", "crop": "defect"}[resize] == next(
+        csv.DictReader((tmp_path / "v.csv").open())
+    )["verdict"]
+
+
+def test_unknown_or_missing_resize_mode_in_a_bundle(bundle, tmp_path):
+    """A mode this screen does not know stops in one line; a bundle from before the mode was recorded squashes."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    meta = json.loads((bundle / "deploy.json").read_text())
+    assert meta["decoding"]["resize_mode"] == "squash"
+    (bundle / "deploy.json").write_text(json.dumps({**meta, "decoding": {**meta["decoding"], "resize_mode": "tile"}}))
+    one_line_error(run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv"), "resize_mode='tile'", "pad")
+    old = {k: v for k, v in meta["decoding"].items() if k not in ("resize_mode", "resize_rule")}
+    (bundle / "deploy.json").write_text(json.dumps({**meta, "decoding": old}))
+    assert deploy.resize_mode(deploy.read_bundle(bundle)) == "squash"
+    assert run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv").returncode == 0

@@ -5,7 +5,8 @@ version, the threshold, classes, input size and decoding rules, the variant's va
 its benchmark entry and machine fingerprint, the params and git revision that made it, and the model's sha256.
 
 Decoding a raw file for the model is `images.read_image` (prepare's code path: fixed per-mode rules,
-shrunk to `max_side`) followed by what `data.load_split` does with the prepared PNG (PNG is lossless):
+shrunk to `max_side`), made square by the bundle's resize mode as prepare wrote it (`images.fit_square`:
+squash, pad or crop), then what `data.load_split` does with the prepared PNG (PNG is lossless):
 convert to RGB, bilinear resize to the input size, scale to [0, 1]. This module never imports torch,
 so `screen` runs with the bundle's runtime alone (ONNX Runtime or OpenVINO: deploy.json `benchmark.runtime`).
 """
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from stages.lib import errors
-from stages.lib.data.images import image_sha256, read_image
+from stages.lib.data.images import RESIZE_MODES, fit_square, image_sha256, read_image
 from stages.lib.outputs import atomic, write_json
 
 BUNDLE_VERSION = 1
@@ -44,14 +45,25 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def decoding_rules(image_size, max_side):
-    """What deploy.json records about decoding; `model_input` and `decode` implement exactly this."""
+RESIZE_RULES = {
+    "squash": "resized as it is (the aspect ratio changes)",
+    "pad": "centred on a black (0) square of side max(H, W), then resized",
+    "crop": "the centred square of side min(H, W), then resized",
+}
+
+
+def decoding_rules(image_size, max_side, resize="squash"):
+    """What deploy.json records about decoding; `model_input` and `decode` implement exactly this.
+
+    `resize` is prepare.resize, the mode the prepared images were made square with."""
     return {
         "reader": "stages.lib.data.images.read_image (the prepare stage's decoder)",
         "modes": "L, RGB kept; 1, LA -> L; RGBA -> RGB (alpha dropped); P, CMYK, ... -> RGB; 16-bit: v >> 8",
         "max_side": max_side,
         "max_side_resample": "box (area), aspect kept, only when larger",
         "color": "RGB (grayscale replicated)",
+        "resize_mode": resize,
+        "resize_rule": RESIZE_RULES[resize],
         "resize": [image_size, image_size],
         "resample": "bilinear",
         "scale": "uint8 / 255 -> float32 in [0, 1]; mean/std normalisation is inside the model",
@@ -87,14 +99,25 @@ class _Named(io.BytesIO):
         return repr(self.label)
 
 
-def decode(data, image_size, max_side, name="<bytes>"):
-    """File bytes -> (model input, sha256 of the decoded pixels as in prepare's manifest).
+def resize_mode(bundle):
+    """The bundle's resize mode, checked; a bundle from before the mode was recorded squashed."""
+    mode = bundle["decoding"].get("resize_mode", "squash")
+    if mode not in RESIZE_MODES:
+        raise BundleError(
+            f"deploy.json: decoding.resize_mode={mode!r} is not one this screen knows; expected one of "
+            f"{list(RESIZE_MODES)} (a newer bundle? update the code that reads it)"
+        )
+    return mode
+
+
+def decode(data, image_size, max_side, name="<bytes>", resize="squash"):
+    """File bytes -> (model input, sha256 of the decoded pixels as in prepare's manifest, before `resize`).
 
     The model input is a read-only float32 (3, S, S) view (np.stack copies it into a batch).
     Raises images.ImageDecodeError for unreadable or truncated data; its reason names the file as `name`.
     """
     pixels = read_image(_Named(data, name), max_side)
-    return model_input(pixels, image_size), image_sha256(pixels)
+    return model_input(fit_square(pixels, resize), image_size), image_sha256(pixels)
 
 
 def write_bundle(folder, model_src, meta):
@@ -153,6 +176,7 @@ def read_bundle(folder):
             f"{bundle['model_sha256'][:16]}...; the model file was changed or replaced"
         )
     bundle["model_path"] = str(model)
+    resize_mode(bundle)  # an unknown mode stops here, before any file is read
     return bundle
 
 
