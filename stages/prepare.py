@@ -43,8 +43,8 @@ def check(p):
     params.check_choice("prepare.on_bad_image", prep["on_bad_image"], {"skip", "error"})
     if prep["max_side"] is not None:
         params.check_int("prepare.max_side", prep["max_side"], p["base"]["image_size"])
-    groups.parse(prep.get("group_by"))  # the data-dependent checks run before decoding (groups.group_keys)
-    params.check_choice("prepare.resize", prep.get("resize", "squash"), set(images.RESIZE_MODES))
+    groups.parse(prep["group_by"])  # the data-dependent checks run before decoding (groups.group_keys)
+    params.check_choice("prepare.resize", prep["resize"], set(images.RESIZE_MODES))
     return prep
 
 
@@ -118,7 +118,7 @@ def main():
     counts = split_counts(table, loaded.classes)
     check_counts(counts, loaded.classes, prep)
 
-    manifest = datasets.write_prepared(args.out_dir, pixels, table, prep.get("resize", "squash"))
+    manifest = datasets.write_prepared(args.out_dir, pixels, table, prep["resize"])
     meta = {"classes": loaded.classes, "task": loaded.task, "attributes": loaded.attributes}
     write_json(Path(args.out_dir) / "classes.json", meta)
     bad_paths = [bad["path"] for bad in loaded.bad_files]

@@ -159,7 +159,7 @@ def main():
         "threshold": ev.get("threshold_exact"),
         "threshold_rule": ev.get("threshold_rule"),
         "input_size": bench["image_size"],
-        "decoding": deploy.decoding_rules(bench["image_size"], p["prepare"]["max_side"]),
+        "decoding": deploy.decoding_rules(bench["image_size"], p["prepare"]["max_side"], p["prepare"]["resize"]),
         "selection": {"rule": rule, "constraints": constraints},
         "validation": ev["val"],
         "test": test_metrics(ev),

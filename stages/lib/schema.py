@@ -62,6 +62,8 @@ SCHEMA = {
         "test_fraction": float,
         "max_images": int,
         "max_side": int | None,
+        "group_by": str | None,  # null | column:<name> | regex:<pattern>, checked by prepare (lib/data/groups.parse)
+        "resize": {"squash", "pad", "crop"},  # lib/data/images.RESIZE_MODES
     },
     "train": {"epochs": int, "batch_size": int, "lr": float | str, "weight_decay": float, "processes": int},  # lr: auto
     "families": {"cnn": dict, "transformer": dict},  # each: lib/families.py
