@@ -126,8 +126,8 @@ def main():
     runner = runtime.load_runner(model_file, runtime_name, p["base"]["threads"], options=variant.get("runtime_options"))
     probs, labels = {}, {}
     for split in ("val", "test"):
-        x, y = data.load_split(args.data_dir, split, size)
-        probs[split], labels[split] = runtime.predict(runner, data.to_float(x).numpy()), y.numpy()
+        x, labels[split] = data.load_split_float(args.data_dir, split, size)
+        probs[split] = runtime.predict(runner, x)
 
     if info["task"] == "binary":
         result, ci, pred, score = binary(probs, labels, ev, seed)

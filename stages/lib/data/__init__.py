@@ -43,13 +43,23 @@ def load_split(prepared_dir, split, image_size, limit=None):
     """One split as (uint8 RGB tensor N x 3 x S x S, int64 labels N), resized once in memory."""
     import torch
 
+    images, labels = _load_uint8(prepared_dir, split, image_size, limit)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+
+def load_split_float(prepared_dir, split, image_size, limit=None):
+    """One split as numpy (float32 N x 3 x S x S in [0, 1], int64 labels N), without torch: what a runtime is fed.
+    The same numbers as `to_float(load_split(...)[0]).numpy()` (both divide by 255 in float32)."""
+    images, labels = _load_uint8(prepared_dir, split, image_size, limit)
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0), labels
+
+
+def _load_uint8(prepared_dir, split, image_size, limit):
     rows = read_manifest(prepared_dir).query("split == @split")
     if limit:
         rows = rows.iloc[:limit]
     images = np.stack([_load_rgb(Path(prepared_dir) / p, image_size) for p in rows["path"]])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor(rows["label"].to_numpy(), dtype=torch.long)
-    return x, y
+    return images, rows["label"].to_numpy().astype(np.int64)
 
 
 def _load_rgb(path, size):
