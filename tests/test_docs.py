@@ -12,11 +12,14 @@
 
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from stages import check_params
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -181,9 +184,9 @@ def is_study_readme(path):
 def quick_run_overrides():
     """The README's quick-run command: {dotted key: value} of its -S options."""
     block = re.search(r"## Quick run\s+```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
-    command = block.replace("\\\n", " ")
-    assert command.split()[:3] == ["dvc", "exp", "run"], command
-    return dict(opt.split("=", 1) for opt in re.findall(r"-S (\S+)", command))
+    words = shlex.split(block.replace("\\\n", " "))
+    assert words[:3] == ["dvc", "exp", "run"], words
+    return dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "-S")
 
 
 def test_quick_run_sets_only_knobs_that_exist_to_values_the_schema_accepts():
@@ -202,3 +205,5 @@ def test_quick_run_sets_only_knobs_that_exist_to_values_the_schema_accepts():
         assert path[-1] in node, f"README quick run sets {key}, which params.yaml does not have"
         node[path[-1]] = yaml.safe_load(text)
     schema.check(params, list(params))
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    check_params.check_names(params, check_params.models_made(spec, params))  # compare, report, OpenVINO pairs
