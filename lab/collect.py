@@ -2,6 +2,7 @@
 
     python -m lab.collect prune_recovery exp-greedy-s3                 # a name from `dvc exp show`, or a git revision
     python -m lab.collect --changed-only vit_options vit-lr0.003       # a `dvc exp run <stage>` run of some stages
+    python -m lab.collect datasets ds-elpv=3f2c1a9                     # NAME=REVISION: a committed run, named NAME
     python -m lab.tables prune_recovery && python -m lab.tables        # then its tables and lab/README.md
 
 `dvc exp run` keeps each experiment as a git ref that is not pushed with the branch. For every name the archive
@@ -45,9 +46,10 @@ def revision(name):
     )
 
 
-def snapshot(name, changed_only=False):
-    """{archive member: bytes} of one finished run."""
-    commit = git("rev-parse", revision(name)).decode().strip()
+def snapshot(spec, changed_only=False):
+    """{archive member: bytes} of one finished run: `spec` is an experiment or revision, or NAME=REVISION."""
+    name, _, rev = spec.partition("=")
+    commit = git("rev-parse", revision(rev or name)).decode().strip()
     files = git("ls-tree", "-r", "--name-only", commit).decode().splitlines()
     wanted = [
         f for f in files if f in KEEP_FILES or (f.startswith(KEEP_DIRS) and f.endswith((".json", ".png", ".csv")))
@@ -59,6 +61,7 @@ def snapshot(name, changed_only=False):
     base = git("rev-parse", f"{commit}^").decode().strip()
     info = {
         "name": name,
+        **({"revision": rev} if rev else {}),
         "experiment_commit": commit,
         "baseline_commit": base,
         "files": len(wanted),
@@ -72,7 +75,9 @@ def snapshot(name, changed_only=False):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("study", help="a study of lab/studies.py")
-    ap.add_argument("names", nargs="+", help="experiment names (dvc exp show) or git revisions")
+    ap.add_argument(
+        "names", nargs="+", help="experiment names (dvc exp show), git revisions, or NAME=REVISION to name a run"
+    )
     ap.add_argument("--changed-only", action="store_true", help="only the files the experiment changed")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

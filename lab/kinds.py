@@ -7,7 +7,7 @@ function of a row), lines what the README says under the table, every number fro
 import csv
 import io
 
-from lab import pruning
+from lab import crossdata, pruning
 from lab.runs import Run, delta, fmt, interval, num
 
 
@@ -217,4 +217,10 @@ def int8_layers(archive, study, reference):
     )
 
 
-KINDS = {f.__name__: f for f in (pruned, variants, precision, finetune, gpu, int8_layers)}
+def datasets(archive, study, reference):
+    """One row per run, each the default pipeline on one data set (lab/crossdata.py)."""
+    rows = crossdata.rows(archive, study.runs(archive), reference)
+    return rows, crossdata.COLUMNS, crossdata.summary(rows)
+
+
+KINDS = {f.__name__: f for f in (pruned, variants, precision, finetune, gpu, int8_layers, datasets)}

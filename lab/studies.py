@@ -255,4 +255,18 @@ STUDIES = [
         ],
     ),
 ]
+# Runs still being made: goes into STUDIES when lab/datasets/runs.tar.xz exists (tests/test_lab.py wants every
+# study of STUDIES to have its archive, README.md and results.csv, and lab.collect packs only studies of STUDIES).
+DATASETS = Study(
+    "datasets",
+    "The default pipeline on five real data sets",
+    "Do the pipeline's conclusions (distil, INT8, what pruning costs, what ships) hold beyond ELPV?",
+    "TBD from the runs",
+    "datasets",
+    example="ds-bsdata",
+    notes=[
+        "`ds-elpv` is the committed default run, packed from its commit; the others are `dvc exp run`s of the same "
+        "pipeline with only the knobs the data needs changed (listed above)."
+    ],
+)
 BY_NAME = {s.name: s for s in STUDIES}

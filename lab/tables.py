@@ -36,16 +36,23 @@ def csv_text(rows):
 
 
 def command(study, archive, rows):
-    """The line lab/README.md and the study's README give to reproduce its example run."""
+    """The line lab/README.md and the study's README give to reproduce its example run: at OLD for a removed
+    knob, at the reference commit where that is not OLD (a knob OLD lacks)."""
     if study.command:
         return f"git checkout {study.ran_at} && {study.command}"
     row = next((r for r in rows if r.get("run") == study.example and "command" in r), None)
     line = row["command"] if row else Run(archive, study.example).command(reference(archive), study.stage)
-    return f"git checkout {OLD} && {line}" if study.removed else line
+    at = OLD if study.removed else reference_commit(archive)
+    return f"git checkout {at} && {line}" if study.removed or at != OLD else line
 
 
 def reference(archive):
     return archive.yaml("reference/params.yaml") if "reference/params.yaml" in archive else {}
+
+
+def reference_commit(archive):
+    """The commit of the params.yaml the archive's commands are written against (its first 7 hex digits)."""
+    return archive.text("reference/commit").strip()[:7] if "reference/commit" in archive else OLD
 
 
 def render(study, archive):
@@ -56,14 +63,15 @@ def render(study, archive):
     if runs:
         held = (
             f"{len(runs)} run snapshot{'s' * (len(runs) != 1)} (params.yaml, dvc.lock, metrics, plots, REPORT.md; "
-            "experiment.json names the commit it ran on) and the study's earlier README.md"
+            "experiment.json names the commit it ran on)"
+            + (" and the study's earlier README.md" if "README.md" in archive else "")
         )
     else:
         held = "the study's files: " + ", ".join(sorted({n.split("/")[0] for n in archive.members}))
     if study.ran_at:
         how = f"**Reproduce** (at {study.ran_at}, the commit it ran at)."
     else:
-        how = f"**Reproduce** (params as at {OLD})."
+        how = f"**Reproduce** (params as at {reference_commit(archive)})."
         if study.removed:
             how += f" `{study.removed}` has been removed from the product since; {OLD} is the last commit with it."
     text = [
