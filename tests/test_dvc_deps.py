@@ -136,3 +136,11 @@ def test_a_new_sweep_ratio_reruns_no_other_pruning_stage(root):
     assert {k for k in prune if k.startswith("prune.")} == {f"prune.{k}" for k in schema.SCHEMA["prune"]} - {
         "prune.sweep"
     }
+
+
+def test_the_lock_holds_only_stages_dvc_yaml_generates(root):
+    """A stage dropped from dvc.yaml (or a variant dropped from `compare`) leaves its entry in dvc.lock until someone
+    removes it; the committed lock must describe only what `dvc repro` of this dvc.yaml and params.yaml makes."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    stale = sorted(set(lock) - set(resolved_stages(root)))
+    assert not stale, f"dvc.lock has entries of stages dvc.yaml does not generate: {stale}"
