@@ -8,6 +8,11 @@ point median cannot rank two variants that do the same work. Two rules follow:
 - a variant is **slower** than the fastest only when the fastest's paired speed-up over it (within-round
   ratios, `metrics.paired_ratio`) has a 95 % interval above 1x; otherwise the two **tie**, and the caller
   breaks the tie on quality.
+
+The interval needs at least `MIN_ROUNDS` common rounds. With two, its width rests on one degree of freedom:
+the standard deviation of two log ratios, which swings by an order of magnitude between reruns, so the same
+models came out "distinguishably slower" in one benchmark run and tied in the next (seen in CI: the pick
+flipped between two variants on a re-measure). Below `MIN_ROUNDS` everything ties and quality decides.
 """
 
 import math
@@ -16,10 +21,12 @@ import numpy as np
 
 from stages.lib.metrics import paired_ratio
 
+MIN_ROUNDS = 3  # common benchmark rounds needed before a speed difference can rank two variants
+
 RULE = (
     "timings are compared at the thread count whose batch-1 p50 was steadier over rounds (lower median CoV); "
     "a variant is slower than the fastest only when the paired speed-up interval over rounds excludes 1x, "
-    "otherwise they tie"
+    f"otherwise they tie (with fewer than {MIN_ROUNDS} rounds everything ties)"
 )
 
 
@@ -54,8 +61,8 @@ def latency_ties(rounds, names, threads):
     """Every one of `names` against the fastest at `threads`: median p50, the fastest's paired speed-up over it
     with its 95 % interval, and whether it ties with the fastest (the interval does not lie above 1x).
 
-    The fastest is the lowest median p50 (then the name). With fewer than two common rounds there is no
-    interval, so everything ties: the benchmark cannot tell the variants apart.
+    The fastest is the lowest median p50 (then the name). With fewer than `MIN_ROUNDS` common rounds nothing
+    is ranked, so everything ties: the benchmark cannot tell the variants apart (the interval is still shown).
     """
     latency = {v: per_round(rounds, v, threads) for v in names}
     missing = sorted(v for v, s in latency.items() if s.empty)
@@ -73,6 +80,6 @@ def latency_ties(rounds, names, threads):
             "latency_ms_p50": round(float(latency[v].median()), 4),
             "fastest_speedup_x": round(ratio, 3),
             "fastest_speedup_x_ci95": [round(x, 3) for x in ci],
-            "tie": not ci[0] > 1.0,  # a nan bound (one round) is no evidence of a difference
+            "tie": len(common) < MIN_ROUNDS or not ci[0] > 1.0,  # a nan bound (one round) is no evidence either
         }
     return fastest, out
