@@ -99,9 +99,9 @@ def ds(run, key, verdict=True, **kw):
     return interval(row, f"{row}_lo", f"{row}_hi", f"{row}_verdict" if verdict else None, **kw)
 
 
-DEPLOYED = "variants.student_pruned_ov_int8"  # what headline.json deploys (the "deployed variant" quote)
+DEPLOYED = "variants.student_pruned_int8_auto"  # what headline.json deploys (the "deployed variant" quote)
 SELECT = "metrics/select.json"
-TIE = "student_pruned_int8_auto"  # the variant the deployed one tied with on speed
+TWIN = "student_pruned_ov_int8"  # the deployed file in OpenVINO, distinguishably slower here
 TEACHER = "variants.teacher_torch_fp32"
 KD_INT8 = "variants.student_kd_int8_auto"
 KD_OV = "variants.student_kd_ov_int8"
@@ -117,46 +117,41 @@ QUOTES = [
     ("ONNX Runtime version", "1.31.1", MACHINE, "{libraries.onnxruntime}"),
     # The deployed model against the teacher
     ("judged thread count", "at 1 thread", SELECT, "at {timing.threads} thread"),
-    ("judged CoV, 1 thread", "2.50 %", SELECT, "{timing.median_cov_pct.1:.2f} %"),
-    ("judged CoV, 2 threads", "12.04 %", SELECT, "{timing.median_cov_pct.2:.2f} %"),
-    ("deployed variant", "`student_pruned_ov_int8`", HEADLINE, "`{deployed}`"),
+    ("judged CoV, 1 thread", "3.97 %", SELECT, "{timing.median_cov_pct.1:.2f} %"),
+    ("judged CoV, 2 threads", "14.14 %", SELECT, "{timing.median_cov_pct.2:.2f} %"),
+    ("deployed variant", "`student_pruned_int8_auto`", HEADLINE, "`{deployed}`"),
     (
-        "deployed ties with the ORT file",
-        "[0.86, 1.07]",
+        "the OpenVINO twin is slower",
+        "1.08x [1.04, 1.12]",
         SELECT,
-        f"[{{variants.{TIE}.speed.fastest_speedup_x_ci95.0:.2f}}, {{variants.{TIE}.speed.fastest_speedup_x_ci95.1:.2f}}]",
+        f"{{variants.{TWIN}.speed.fastest_speedup_x:.2f}}x [{{variants.{TWIN}.speed.fastest_speedup_x_ci95.0:.2f}}, "
+        f"{{variants.{TWIN}.speed.fastest_speedup_x_ci95.1:.2f}}]",
     ),
-    ("deployed val FPR", "38.4 %", SELECT, "{variants.student_pruned_ov_int8.val_fpr:%.1f} %"),
-    ("tied variant val FPR", "38.8 %", SELECT, f"{{variants.{TIE}.val_fpr:%.1f}} %"),
-    ("deployed speed-up vs teacher", "8.21x [7.07, 9.55] ▲", REPORT, ci(f"{DEPLOYED}.speedup_x_1t", **X)),
-    ("deployed p50 latency", "1.86 ms", REPORT, f"{{{DEPLOYED}.latency_ms_p50_1t:.2f}} ms"),
-    ("teacher p50 latency", "16.1 ms", REPORT, f"{{{TEACHER}.latency_ms_p50_1t:.1f}} ms"),
-    ("deployed file size", "2.24 MB", REPORT, f"{{{DEPLOYED}.size_mb:.2f}} MB"),
+    ("deployed speed-up vs teacher", "8.61x [8.26, 8.97] ▲", REPORT, ci(f"{DEPLOYED}.speedup_x_1t", **X)),
+    ("deployed p50 latency", "1.89 ms", REPORT, f"{{{DEPLOYED}.latency_ms_p50_1t:.2f}} ms"),
+    ("teacher p50 latency", "16.2 ms", REPORT, f"{{{TEACHER}.latency_ms_p50_1t:.1f}} ms"),
+    ("deployed file size", "2.12 MB", REPORT, f"{{{DEPLOYED}.size_mb:.2f}} MB"),
     ("teacher file size", "18.73 MB", REPORT, f"{{{TEACHER}.size_mb:.2f}} MB"),
-    ("deployed peak memory", "216 MB", REPORT, f"{{{DEPLOYED}.peak_rss_mb:.0f}} MB"),
-    ("teacher peak memory", "1053 MB", REPORT, f"{{{TEACHER}.peak_rss_mb:.0f}} MB"),
-    ("deployed Δ AUROC vs teacher", "AUROC -3.6 [-6.1, -1.2] ▼", REPORT, "AUROC " + ci(f"{DEPLOYED}.auroc_delta_pt")),
-    ("deployed Δ FPR@95 vs teacher", "+0.7 [-17.8, +28.0]", REPORT, ci(f"{DEPLOYED}.fpr_at_recall_95pct_delta_pt")),
+    ("deployed peak memory", "191 MB", REPORT, f"{{{DEPLOYED}.peak_rss_mb:.0f}} MB"),
+    ("teacher peak memory", "1031 MB", REPORT, f"{{{TEACHER}.peak_rss_mb:.0f}} MB"),
+    ("deployed Δ AUROC vs teacher", "AUROC -1.6 [-3.5, +0.3]", REPORT, "AUROC " + ci(f"{DEPLOYED}.auroc_delta_pt")),
+    ("deployed Δ FPR@95 vs teacher", "-0.4 [-11.7, +16.9]", REPORT, ci(f"{DEPLOYED}.fpr_at_recall_95pct_delta_pt")),
     (
         "deployed Δ FPR@95 vs teacher, interval alone",
-        "[-17.8, +28.0]",
+        "[-11.7, +16.9]",
         REPORT,
         f"[{{{DEPLOYED}.fpr_at_recall_95pct_delta_pt_ci_low:+.1f}}, {{{DEPLOYED}.fpr_at_recall_95pct_delta_pt_ci_high:+.1f}}]",
     ),
-    ("deployed test recall", "90.2 %", REPORT, f"{{{DEPLOYED}.recall:%.1f}} %"),
+    ("deployed test recall", "87.0 %", REPORT, f"{{{DEPLOYED}.recall:%.1f}} %"),
     ("teacher test recall", "92.7 %", REPORT, f"{{{TEACHER}.recall:%.1f}} %"),
-    ("deployed Δ recall vs teacher", "-2.4 [-7.3, +2.4]", REPORT, ci(f"{DEPLOYED}.recall_delta_pt")),
-    ("deployed test FPR", "33.2 %", REPORT, f"{{{DEPLOYED}.fpr:%.1f}} %"),
+    ("deployed Δ recall vs teacher", "-5.7 [-11.3, -0.8] ▼", REPORT, ci(f"{DEPLOYED}.recall_delta_pt")),
+    ("deployed test FPR", "26.6 %", REPORT, f"{{{DEPLOYED}.fpr:%.1f}} %"),
     ("teacher test FPR", "28.4 %", REPORT, f"{{{TEACHER}.fpr:%.1f}} %"),
-    ("deployed Δ FPR vs teacher", "+4.8 [+0.7, +9.3] ▼", REPORT, ci(f"{DEPLOYED}.fpr_delta_pt")),
-    ("deployed val AUROC", "0.924", SELECT, "{variants.student_pruned_ov_int8.val_auroc:.3f}"),
-    ("teacher val AUROC", "0.926", SELECT, "{variants.teacher_torch_fp32.val_auroc:.3f}"),
-    ("distilled INT8 Δ AUROC vs teacher", "-0.1 [-2.1, +1.8]", REPORT, ci(f"{KD_INT8}.auroc_delta_pt")),
-    ("distilled INT8 speed-up vs teacher", "6.53x [6.19, 6.89] ▲", REPORT, ci(f"{KD_INT8}.speedup_x_1t", **X)),
+    ("deployed Δ FPR vs teacher", "-1.8 [-6.9, +3.0]", REPORT, ci(f"{DEPLOYED}.fpr_delta_pt")),
     # Step by step (REPORT.md's step table)
     ("runtime Δ AUROC", "+0.0 [+0.0, +0.0]", REPORT, ci95("steps.runtime.delta.auroc_delta_pt")),
     ("runtime Δ FPR@95", "+0.0 [+0.0, +0.0]", REPORT, ci95("steps.runtime.delta.fpr_at_recall_95pct_delta_pt")),
-    ("runtime speed-up", "2.71x [2.42, 3.03] ▲", REPORT, ci95("steps.runtime.delta.speedup_x_1t", **X)),
+    ("runtime speed-up", "2.65x [2.51, 2.81] ▲", REPORT, ci95("steps.runtime.delta.speedup_x_1t", **X)),
     ("runtime file", "0.98x", REPORT, "{steps.runtime.delta.size_ratio:.2f}x"),
     ("smaller model Δ AUROC", "-0.2 [-2.3, +1.8]", REPORT, ci95("steps.smaller_model.delta.auroc_delta_pt")),
     (
@@ -165,7 +160,7 @@ QUOTES = [
         REPORT,
         ci95("steps.smaller_model.delta.fpr_at_recall_95pct_delta_pt"),
     ),
-    ("smaller model speed-up", "1.48x [1.32, 1.64] ▲", REPORT, ci95("steps.smaller_model.delta.speedup_x_1t", **X)),
+    ("smaller model speed-up", "1.49x [1.40, 1.58] ▲", REPORT, ci95("steps.smaller_model.delta.speedup_x_1t", **X)),
     ("smaller model file", "0.70x", REPORT, "{steps.smaller_model.delta.size_ratio:.2f}x"),
     ("distillation Δ AUROC", "+0.2 [-1.4, +1.9]", REPORT, ci95("steps.distillation.delta.auroc_delta_pt")),
     (
@@ -174,17 +169,17 @@ QUOTES = [
         REPORT,
         ci95("steps.distillation.delta.fpr_at_recall_95pct_delta_pt"),
     ),
-    ("distillation speed-up", "1.03x [0.97, 1.08]", REPORT, ci95("steps.distillation.delta.speedup_x_1t", **X)),
+    ("distillation speed-up", "0.96x [0.91, 1.00]", REPORT, ci95("steps.distillation.delta.speedup_x_1t", **X)),
     ("distillation file", "1.00x", REPORT, "{steps.distillation.delta.size_ratio:.2f}x"),
     ("INT8 Δ AUROC", "+0.1 [-1.0, +1.3]", REPORT, ci95("steps.int8.delta.auroc_delta_pt")),
     ("INT8 Δ FPR@95", "-1.1 [-10.0, +19.4]", REPORT, ci95("steps.int8.delta.fpr_at_recall_95pct_delta_pt")),
-    ("INT8 speed-up", "1.63x [1.46, 1.82] ▲", REPORT, ci95("steps.int8.delta.speedup_x_1t", **X)),
+    ("INT8 speed-up", "1.66x [1.50, 1.82] ▲", REPORT, ci95("steps.int8.delta.speedup_x_1t", **X)),
     ("INT8 file", "0.28x", REPORT, "{steps.int8.delta.size_ratio:.2f}x"),
-    ("pruning ratio", "25 %", PRUNE, "{ratio:%.0f} %"),
-    ("pruning Δ AUROC", "-3.4 [-5.8, -1.2] ▼", REPORT, ci95("steps.pruning.delta.auroc_delta_pt")),
-    ("pruning Δ FPR@95", "+3.7 [-12.3, +31.0]", REPORT, ci95("steps.pruning.delta.fpr_at_recall_95pct_delta_pt")),
-    ("pruning speed-up", "1.67x [1.51, 1.84] ▲", REPORT, ci95("steps.pruning.delta.speedup_x_1t", **X)),
-    ("pruning file", "0.59x", REPORT, "{steps.pruning.delta.size_ratio:.2f}x"),
+    ("pruning ratio", "21 %", PRUNE, "{ratio:%.0f} %"),
+    ("pruning Δ AUROC", "-1.5 [-3.5, +0.4]", REPORT, ci95("steps.pruning.delta.auroc_delta_pt")),
+    ("pruning Δ FPR@95", "-0.4 [-11.9, +19.5]", REPORT, ci95("steps.pruning.delta.fpr_at_recall_95pct_delta_pt")),
+    ("pruning speed-up", "1.63x [1.50, 1.76] ▲", REPORT, ci95("steps.pruning.delta.speedup_x_1t", **X)),
+    ("pruning file", "0.56x", REPORT, "{steps.pruning.delta.size_ratio:.2f}x"),
     ("teacher INT8 Δ AUROC", "+0.2 [-0.9, +1.4]", REPORT, menu("teacher_int8_auto", "auroc_vs_fp32_pt")),
     (
         "OpenVINO FP32 agreement",
@@ -192,12 +187,12 @@ QUOTES = [
         "metrics/quantize/student_kd_ov_fp32.json",
         "{val_max_abs_score_diff_vs_ort:g}",
     ),
-    ("OpenVINO INT8 img/s", "803", REPORT, f"{{{KD_OV}.throughput_img_s:.0f}}"),
-    ("ORT INT8 img/s", "761 images/s", REPORT, f"{{{KD_INT8}.throughput_img_s:.0f}} images/s"),
+    ("OpenVINO INT8 img/s", "816", REPORT, f"{{{KD_OV}.throughput_img_s:.0f}}"),
+    ("ORT INT8 img/s", "816 images/s", REPORT, f"{{{KD_INT8}.throughput_img_s:.0f}} images/s"),
     ("int8_auto's allowed drop", "fit 1.0 pt", "metrics/quantize/teacher_int8_auto.json", "fit {max_drop_pt:.1f} pt"),
     ("screen cores", "same 2 cores", MACHINE, "same {usable_cpus} cores"),
-    ("screen images/s", "455.9 images/s", SELECT, "{screen.images_per_s:.1f} images/s"),
-    ("deployed model-only img/s", "988.9", SELECT, "{screen.model_only_throughput_img_s:.1f}"),
+    ("screen images/s", "359.9 images/s", SELECT, "{screen.images_per_s:.1f} images/s"),
+    ("deployed model-only img/s", "919.9", SELECT, "{screen.model_only_throughput_img_s:.1f}"),
     ("screen batch", "batch 32", SELECT, "batch {screen.model_only_batch_size}"),
     # What distillation buys
     ("distillation Δ FPR at threshold", "+5.5 [+1.5, +9.8] ▼", REPORT, ci95("steps.distillation.delta.fpr_delta_pt")),
@@ -253,6 +248,14 @@ QUOTES = [
     ("greedy seed 1 Δ AUROC, FP32", "-1.4 [-3.4, +0.3]", recovery("exp-greedy-s1"), ci95(f"{ORT}.auroc_delta_pt")),
     ("greedy seed 2 Δ AUROC, FP32", "-1.6 [-3.5, +0.2]", recovery("exp-greedy-s2"), ci95(f"{ORT}.auroc_delta_pt")),
     ("uniform 21 % Δ AUROC, FP32", "-2.1 [-4.3, -0.1] ▼", recovery("exp-u21"), ci95(f"{ORT}.auroc_delta_pt")),
+    ("default pruned MACs", "71.3 M MACs", PRUNE, "{macs_after_m:.1f} M MACs"),
+    (
+        "default pruned INT8 Δ AUROC vs unpruned INT8",
+        "-1.6 [-3.8, +0.7] in INT8",
+        "plots/report/sweep.csv",
+        ci95("[variant=student_pruned_int8_auto].auroc_delta_pt") + " in INT8",
+    ),
+    ("default prune minutes", "16.9 minutes", PRUNE, "{train_minutes:.1f} minutes"),
     # Beyond ELPV (lab/datasets: one row per data set)
     ("tire deployed speed-up", "8.15x [7.54, 8.82] ▲", DATASETS, ds("ds-tire", "speedup_x", **X)),
     ("BSData deployed speed-up", "8.64x [8.44, 8.85] ▲", DATASETS, ds("ds-bsdata", "speedup_x", **X)),
@@ -265,8 +268,22 @@ QUOTES = [
     ("screw image size", "at 128 px", DATASETS, "at {[run=ds-screw].image_size} px"),
     ("screw teacher AUROC", "0.839 [0.739, 0.924]", DATASETS, ds("ds-screw", "ref_auroc", spec=".3f", verdict=False)),
     ("screw deployed speed-up", "2.60x [2.25, 3.00] ▲", DATASETS, ds("ds-screw", "speedup_x", **X)),
+    ("screw image size, larger", "at 224 px", DATASETS, "at {[run=ds-screw-224].image_size} px"),
+    (
+        "screw teacher AUROC at 224 px",
+        "0.909 [0.821, 0.974]",
+        DATASETS,
+        ds("ds-screw-224", "ref_auroc", spec=".3f", verdict=False),
+    ),
+    ("screw deployed speed-up at 224 px", "5.79x [5.46, 6.14] ▲", DATASETS, ds("ds-screw-224", "speedup_x", **X)),
+    (
+        "screw deployed Δ AUROC at 224 px",
+        "AUROC +1.4 [-3.9, +7.3]",
+        DATASETS,
+        "AUROC " + ds("ds-screw-224", "auroc_pt"),
+    ),
     # What the evidence cannot tell
-    ("largest latency CoV over rounds", "21.6 %", HEADLINE, "{max_cov_pct:.1f} %"),
+    ("largest latency CoV over rounds", "20.5 %", HEADLINE, "{max_cov_pct:.1f} %"),
 ]
 
 # Claims in words that no quoted number carries: (what, source, path, value the prose assumes).
@@ -277,16 +294,11 @@ CLAIMS = [
         "timing.rule",
         "timings are compared at the thread count whose batch-1 p50 was steadier over rounds (lower median CoV); a "
         "variant is slower than the fastest only when the paired speed-up interval over rounds excludes 1x, otherwise "
-        "they tie",
+        "they tie (with fewer than 3 rounds everything ties)",
     ),
     ("speed was judged at 1 thread in this run", "metrics/select.json", "timing.threads", 1),
-    (
-        "the deployed variant runs in OpenVINO",
-        "metrics/select.json",
-        "variants.student_pruned_ov_int8.runtime",
-        "openvino",
-    ),
-    ("it tied with the ORT file", "metrics/select.json", "variants.student_pruned_int8_auto.speed.tie", True),
+    ("the deployed variant runs in ORT", "metrics/select.json", f"{DEPLOYED}.runtime", "onnxruntime"),
+    ("the OpenVINO twin does not tie with it", "metrics/select.json", f"variants.{TWIN}.speed.tie", False),
     (
         "int8_auto kept the distilled student all INT8",
         "metrics/quantize/student_kd_int8_auto.json",
@@ -294,7 +306,8 @@ CLAIMS = [
         [],
     ),
     ("... and the teacher", "metrics/quantize/teacher_int8_auto.json", "fp32_layers_kept", []),
-    ("the deployed pruned model is distinguishably worse", REPORT, f"{DEPLOYED}.auroc_delta_pt_verdict", "worse"),
+    ("the deployed pruned model is not distinguishably worse", REPORT, f"{DEPLOYED}.auroc_delta_pt_verdict", "same"),
+    ("... at matched recall either", REPORT, f"{DEPLOYED}.fpr_at_recall_95pct_delta_pt_verdict", "same"),
     ("the sweep prunes with L2 group importance", SWEEP_PRUNE, "importance", "l2"),
     ("the sweep cuts the same share from every stage", SWEEP_PRUNE, "scope", "uniform"),
     ("the sweep cuts in one shot", SWEEP_PRUNE, "iterative_steps", 1),
@@ -317,6 +330,13 @@ CLAIMS = [
     ("... (tire)", DATASETS, "[run=ds-tire].fpr_pt_verdict", "same"),
     ("... (BSData, AUROC even better)", DATASETS, "[run=ds-bsdata].fpr_pt_verdict", "same"),
     ("screw ships the teacher in ORT", DATASETS, "[run=ds-screw].deployed", "teacher_ort_fp32"),
+    (
+        "at 224 px the pruned INT8 student ships on screw",
+        DATASETS,
+        "[run=ds-screw-224].deployed",
+        "student_pruned_int8_auto",
+    ),
+    ("the default pruned model is greedy", PRUNE, "scope", "greedy"),
 ]
 
 

@@ -34,7 +34,7 @@ SMALL = {
 FAMILIES = {
     "finetune_teacher": {"model": "vit_tiny_patch16_224", "weights": str(VIT)},
     "train_student": {"model": "mobileone_s0", "weights": str(MOBILEONE)},
-    "prune": {"epochs": 1, "source": "teacher", "ratio": 0.34},
+    "prune": {"epochs": 1, "source": "teacher", "ratio": 0.34, "scope": "uniform"},  # greedy allocates CNN stages
     "compare": {
         "models": ["teacher", "student", "student_kd", "student_pruned"],
         "recipes": ["int8_static_pc"],

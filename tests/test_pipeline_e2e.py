@@ -31,7 +31,7 @@ TINY = {
     "base": {"image_size": 64},
     "prepare": {"max_images": 80},
     "train": {"epochs": 1, "batch_size": 16},
-    "prune": {"epochs": 1},
+    "prune": {"epochs": 1, "greedy_step": 0.2, "greedy_images": 32},  # the default greedy search, coarser
     "sparsify": {
         "epochs": 1,
         "models": {
@@ -503,22 +503,23 @@ def test_prune_seed_reruns_only_pruning_and_replicates_or_varies_the_fine_tune(r
     assert any(not torch.equal(other[n], committed[n]) for n in weights), "prune.seed=7 trained the same weights"
 
 
-def test_prune_greedy_scope_searches_stage_ratios_at_the_uniform_macs(repo, tmp_path):
-    """prune.scope=greedy reruns only prune and what follows; the stage removes at least the MACs of the committed
-    uniform model at the same ratio, with its own ratio per stage, and its metrics say which (the default run's do
-    not)."""
+def test_prune_uniform_scope_reruns_only_prune_and_greedy_removed_at_least_its_macs(repo, tmp_path):
+    """The default scope is greedy: the committed model's metrics carry the per-stage ratios its search found, at
+    or below the MACs uniform pruning at the same ratio leaves. prune.scope=uniform reruns only prune and what
+    follows, and its metrics carry no search."""
     repo, _ = repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    greedy = {**params, "prune": {**params["prune"], "scope": "greedy", "greedy_step": 0.2, "greedy_images": 32}}
-    stale = stale_under(repo, greedy)
+    uniform = {**params, "prune": {**params["prune"], "scope": "uniform"}}
+    stale = stale_under(repo, uniform)
     assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
 
-    m = run_prune(repo, tmp_path, greedy)
+    m = run_prune(repo, tmp_path, uniform)
     committed = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
-    assert m["scope"] == "greedy" and (m["greedy_step"], m["greedy_images"]) == (0.2, 32)
-    assert m["macs_after_m"] <= committed["macs_after_m"] and m["macs_before_m"] == committed["macs_before_m"]
-    assert all(0 <= r <= params["prune"]["max_ratio"] for r in m["stage_ratios"]) and m["greedy_rounds"] >= 1
-    assert not {"stage_ratios", "greedy_kl", "greedy_step"} & committed.keys()
+    assert committed["scope"] == "greedy" and (committed["greedy_step"], committed["greedy_images"]) == (0.2, 32)
+    assert committed["macs_after_m"] <= m["macs_after_m"] and m["macs_before_m"] == committed["macs_before_m"]
+    ratios = committed["stage_ratios"]
+    assert all(0 <= r <= params["prune"]["max_ratio"] for r in ratios) and committed["greedy_rounds"] >= 1
+    assert m["scope"] == "uniform" and not {"stage_ratios", "greedy_kl", "greedy_step"} & m.keys()
     assert models.load(tmp_path / "out/model.pt")[0](torch.rand(2, 3, 64, 64)).shape == (2, 2)
 
 
