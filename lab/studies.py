@@ -266,10 +266,10 @@ STUDIES = [
         "datasets",
         example="ds-bsdata",
         notes=[
-            "`ds-elpv` is the committed default run (20 variants, 5 benchmark rounds), packed from its commit. The "
-            "other four are `dvc exp run`s of the same pipeline with the data's knobs set, and two changes to fit "
-            "four runs into one session on 2 cores: no OpenVINO variants (about as fast as ONNX Runtime on this "
-            "CPU in the default run) and 3 benchmark rounds instead of 5.",
+            "`ds-elpv` is the default run committed at 40d9691 (20 variants, 5 benchmark rounds), before pruning's "
+            "default became the greedy allocation (5aae87a), like every run here. The "
+            "others are `dvc exp run`s with the data's knobs set and, to fit one session on 2 cores, no OpenVINO "
+            "variants (about as fast as ONNX Runtime here) and 3 benchmark rounds instead of 5.",
             "`select.min_recall=null` where validation holds fewer than ~30 defects (bottle 9, tire 13, screw 18): "
             "the one-sided 95 % lower bound of recall cannot reach 0.85 there even with every defect caught. "
             "BSData keeps every default (59 validation defects).",
