@@ -24,10 +24,11 @@ from tests.test_pipeline_e2e import TINY, copy_repo, dvc
 WEIGHTS = SHARED / "weights"
 VIT = WEIGHTS / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 MOBILEONE = WEIGHTS / "mobileone_s0.reparam_in1k.safetensors"
-# The data path is what is under test: a few models x two recipes are enough for every stage to see the
-# data set (distill and prune still train), and keep each run a few minutes.
+# The data path is what is under test: one model in two recipes is enough for quantize, evaluate, benchmark,
+# select and report to see the data set (every model still trains and prune still runs), and keeps each run short.
 SMALL = {
-    "compare": {"models": ["teacher", "student_kd"], "recipes": ["torch_fp32", "int8_static_pc"], "openvino": []},
+    "compare": {"models": ["student_kd"], "recipes": ["torch_fp32", "int8_static_pc"], "openvino": []},
+    "report": {"reference": "student_kd_torch_fp32"},
     "sparsify": {**TINY["sparsify"], "models": {}},
     "quantize": {**TINY["quantize"], "openvino": []},
 }

@@ -42,7 +42,8 @@ TINY = {
     "compare": {"openvino": ["ov_int8"]},  # one OpenVINO recipe is enough to run its stages here
     "quantize": {"sensitivity_images": 4, "openvino": [{"recipe": "ov_int8", "source": "int8_auto"}]},
     "evaluate": {"bootstrap": 200, "threshold_rule": "lower_bound"},  # the small-val-set fallback path
-    "benchmark": {"rounds": 2, "warmup_rounds": 1, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
+    # no warm-up round: tests/test_benchmark_rounds.py checks those
+    "benchmark": {"rounds": 2, "warmup_rounds": 0, "seconds": 0.02, "min_calls": 3, "warmup": 1, "batch_size": 4},
     # ~3 validation defects: no 95 % lower bound can reach a recall floor, and FPR means little
     "select": {"min_recall": None, "max_fpr": None},
 }
@@ -352,7 +353,7 @@ def test_queued_experiments_run_and_show_side_by_side(repo):
         status = dvc("queue", "status", cwd=repo).stdout
         if not re.search(r"\b(Queued|Running)\b", status):
             break
-        subprocess.run(["sleep", "5"])
+        time.sleep(1)
     assert "Failed" not in status, dvc("queue", "logs", "lat1000", cwd=repo, check=False).stdout
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
     exps = {e["name"]: e for rev in shown for e in (rev.get("experiments") or []) if e.get("name")}
@@ -417,28 +418,6 @@ def test_screen_of_raw_test_images_reproduces_evaluate(repo, tmp_path):
     assert list(screened["verdict"]) == list(evaluated["pred"].map({0: "good", 1: "defect"}))
 
 
-def test_select_param_reruns_only_select_and_report(repo):
-    repo, _ = repo
-    before = json.loads((repo / "metrics/select.json").read_text())
-    fastest = before["variants"][before["selected"]]["latency_ms_p50"]
-    set_params(repo, {"select": {"max_latency_ms": round(fastest * 2, 4)}})
-    assert ran(dvc("repro", cwd=repo).stdout) == {"check_params", "fingerprint", "select", "report"}
-    assert json.loads((repo / "metrics/select.json").read_text())["constraints"]["max_latency_ms"] == round(
-        fastest * 2, 4
-    )
-    # nothing qualifies: the run still ends with a report that opens with it, and no model ships
-    set_params(repo, {"select": {"max_latency_ms": None, "max_size_mb": 0.001}})
-    assert ran(dvc("repro", cwd=repo).stdout) == {"check_params", "fingerprint", "select", "report"}
-    sel = json.loads((repo / "metrics/select.json").read_text())
-    assert sel["selected"] is None and sel["closest"]["binding"] == "max_size_mb"
-    assert sorted(p.name for p in (repo / "artifacts/deploy").iterdir()) == ["deploy.json"]
-    report = (repo / "REPORT.md").read_text()
-    assert report.split("\n")[2].startswith("> **Nothing deployed.**") and "select.max_size_mb" in report.split("\n")[2]
-    assert json.loads((repo / "metrics/headline.json").read_text())["deployed"] is None
-    set_params(repo, {"select": {"max_size_mb": None}})
-    dvc("repro", cwd=repo)  # back to a deployed bundle for the tests that screen it
-
-
 def test_quantize_param_puts_only_its_quantize_stages_out_of_date(repo):
     """One recipe's knob puts exactly that recipe's quantize stages out of date: nothing upstream, no other
     recipe. What follows them (evaluate, benchmark, select, report) reruns because their inputs change
@@ -483,45 +462,39 @@ def run_prune(repo, work, params):
     return json.loads((work / "m.json").read_text())
 
 
-def test_prune_seed_reruns_only_pruning_and_replicates_or_varies_the_fine_tune(repo, tmp_path):
-    """prune.seed: null is base.seed (the same model as the committed run), another value another fine-tune,
-    and in dvc.yaml it puts prune and what follows out of date, never the teacher, student or distillation."""
+def test_prune_knobs_rerun_only_pruning_and_seed_and_scope_do_what_they_say(repo, tmp_path):
+    """prune.seed and prune.scope put prune and what follows out of date, never the teacher, student or
+    distillation. The default scope is greedy: the committed model's metrics carry the per-stage ratios its search
+    found, at or below the MACs uniform pruning at the same ratio leaves, and uniform's metrics carry no search.
+    prune.seed: null is base.seed (the same weights), another value another fine-tune (uniform scope, no search:
+    test_killed_repro... checks that the greedy default gives the same model.pt twice)."""
     repo, _ = repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    stale = stale_under(repo, {**params, "prune": {**params["prune"], "seed": 7}})
-    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
+    prune = params["prune"]
+    for knob in ({"seed": 7}, {"scope": "uniform"}):
+        stale = stale_under(repo, {**params, "prune": {**prune, **knob}})
+        assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), (knob, stale)
 
-    def pruned(seed):  # the prune stage with prune.seed = seed
-        run_prune(repo, tmp_path / f"seed-{seed}", {**params, "prune": {**params["prune"], "seed": seed}})
-        return torch.load(tmp_path / f"seed-{seed}/out/model.pt", weights_only=True)["state"]
+    def pruned(**knobs):  # the prune stage with scope uniform and `knobs`: (metrics, weights)
+        work = tmp_path / ("-".join(f"{k}{v}" for k, v in knobs.items()) or "default")
+        m = run_prune(repo, work, {**params, "prune": {**prune, "scope": "uniform", **knobs}})
+        return m, torch.load(work / "out/model.pt", weights_only=True)["state"]
 
-    committed = torch.load(repo / "artifacts/student_pruned/model.pt", weights_only=True)["state"]
-    same, other = pruned(params["base"]["seed"]), pruned(7)
-    weights = [name for name, t in committed.items() if t.is_floating_point()]
-    assert weights and same.keys() == other.keys() == committed.keys()
-    for name in weights:
-        torch.testing.assert_close(same[name], committed[name], msg=name)
-    assert any(not torch.equal(other[n], committed[n]) for n in weights), "prune.seed=7 trained the same weights"
-
-
-def test_prune_uniform_scope_reruns_only_prune_and_greedy_removed_at_least_its_macs(repo, tmp_path):
-    """The default scope is greedy: the committed model's metrics carry the per-stage ratios its search found, at
-    or below the MACs uniform pruning at the same ratio leaves. prune.scope=uniform reruns only prune and what
-    follows, and its metrics carry no search."""
-    repo, _ = repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    uniform = {**params, "prune": {**params["prune"], "scope": "uniform"}}
-    stale = stale_under(repo, uniform)
-    assert "prune" in stale and not stale & (UPSTREAM - {"prune"}), stale
-
-    m = run_prune(repo, tmp_path, uniform)
+    (m, default), (_, same), (_, other) = pruned(), pruned(seed=params["base"]["seed"]), pruned(seed=7)
     committed = json.loads((repo / "metrics/prune/student_pruned.json").read_text())
     assert committed["scope"] == "greedy" and (committed["greedy_step"], committed["greedy_images"]) == (0.2, 32)
     assert committed["macs_after_m"] <= m["macs_after_m"] and m["macs_before_m"] == committed["macs_before_m"]
     ratios = committed["stage_ratios"]
-    assert all(0 <= r <= params["prune"]["max_ratio"] for r in ratios) and committed["greedy_rounds"] >= 1
+    assert all(0 <= r <= prune["max_ratio"] for r in ratios) and committed["greedy_rounds"] >= 1
     assert m["scope"] == "uniform" and not {"stage_ratios", "greedy_kl", "greedy_step"} & m.keys()
-    assert models.load(tmp_path / "out/model.pt")[0](torch.rand(2, 3, 64, 64)).shape == (2, 2)
+
+    weights = [name for name, t in default.items() if t.is_floating_point()]
+    assert weights and default.keys() == same.keys() == other.keys()
+    for name in weights:
+        torch.testing.assert_close(same[name], default[name], msg=name)
+    assert any(not torch.equal(other[n], default[n]) for n in weights), "prune.seed=7 trained the same weights"
+    model, _ = models.load(tmp_path / "seed7/out/model.pt")
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 2)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
@@ -563,3 +536,24 @@ def test_plots_render_offline_with_data(repo, tmp_path):
     empty = [name for name, n in marks if int(n) == 0]
     assert not empty, f"plots drawn without data: {empty}"
     assert "<img" in dom  # pareto.png
+
+
+def test_select_param_reruns_only_select_and_report(repo):
+    """Last in this file: it leaves the tiny repo with nothing deployed."""
+    repo, _ = repo
+    before = json.loads((repo / "metrics/select.json").read_text())
+    fastest = before["variants"][before["selected"]]["latency_ms_p50"]
+    set_params(repo, {"select": {"max_latency_ms": round(fastest * 2, 4)}})
+    assert ran(dvc("repro", cwd=repo).stdout) == {"check_params", "fingerprint", "select", "report"}
+    assert json.loads((repo / "metrics/select.json").read_text())["constraints"]["max_latency_ms"] == round(
+        fastest * 2, 4
+    )
+    # nothing qualifies: the run still ends with a report that opens with it, and no model ships
+    set_params(repo, {"select": {"max_latency_ms": None, "max_size_mb": 0.001}})
+    assert ran(dvc("repro", cwd=repo).stdout) == {"check_params", "fingerprint", "select", "report"}
+    sel = json.loads((repo / "metrics/select.json").read_text())
+    assert sel["selected"] is None and sel["closest"]["binding"] == "max_size_mb"
+    assert sorted(p.name for p in (repo / "artifacts/deploy").iterdir()) == ["deploy.json"]
+    report = (repo / "REPORT.md").read_text()
+    assert report.split("\n")[2].startswith("> **Nothing deployed.**") and "select.max_size_mb" in report.split("\n")[2]
+    assert json.loads((repo / "metrics/headline.json").read_text())["deployed"] is None
