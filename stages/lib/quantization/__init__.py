@@ -9,6 +9,7 @@ ranges at every call (CNN convs become ConvInteger). FP16 halves weights and com
 keeping float32 inputs and outputs.
 """
 
+import json
 import logging
 import tempfile
 import warnings
@@ -175,7 +176,19 @@ def quantize_static_qdq(
     )
     scratch.cleanup()
     prepped.unlink()
+    if cache is not None:
+        canonical_json(cache)
     return int8_path
+
+
+def canonical_json(path):
+    """Rewrite a JSON file with sorted keys. ORT writes the calibration cache in the iteration order of a set of
+    tensor names, which changes with the process's string hash seed: the same ranges gave different bytes in
+    every run, and DVC re-ran evaluate and everything after it for an unchanged model."""
+    path = Path(path)
+    text = json.dumps(json.loads(path.read_text()), sort_keys=True)
+    if path.read_text() != text:
+        path.write_text(text)
 
 
 def entropy_ranges(model_path, reader, op_types, scratch):
