@@ -57,7 +57,10 @@ def test_pipeline_runs_on_real_layout(name, tmp_path):
     families = name == "mvtec_ad"
     if families and not (VIT.is_file() and MOBILEONE.is_file()):
         pytest.skip(f"ViT-Tiny / MobileOne-S0 weights not found in {WEIGHTS} (../shared is optional)")
-    overrides = {**TINY, **SMALL, **(FAMILIES if families else {}), "prepare": {**TINY["prepare"], **prep}}
+    # NEU: uniform pruning, no greedy search (it scores cuts by the logits' KL, blind to the number of classes; the
+    # ELPV e2e run and tests/test_pruning.py run it)
+    uniform = {"prune": {**TINY["prune"], "scope": "uniform"}}
+    overrides = {**TINY, **SMALL, **(FAMILIES if families else uniform), "prepare": {**TINY["prepare"], **prep}}
     repo = copy_repo(tmp_path, overrides)
     dvc("repro", cwd=repo)
 
