@@ -271,7 +271,7 @@ def test_killed_repro_resumes_and_two_runs_from_scratch_are_identical(repo, tmp_
     ]
     files = sorted(p.relative_to(second) for pattern in metrics for p in (second / "metrics").glob(pattern))
     files = [f for f in files if "ort_fp32" not in f.name]
-    assert len(files) >= 8
+    assert len(files) == 6, files  # 3 trainings, prune, student_kd_int8_auto's quantize and evaluate
     for f in files:
         a, b = (json.loads((r / f).read_text()) for r in (first, second))
         for wall_time in ("train_minutes", "greedy_minutes"):  # the only numbers allowed to differ
