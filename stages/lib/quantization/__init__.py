@@ -26,9 +26,10 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import create_calibrator
 from onnxruntime.quantization.quantize import save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from stages.lib.quantization.entropy import entropy_ranges
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ CALIBRATION_METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-# Entropy (KL) calibration searches thresholds over a histogram of ENTROPY_BINS bins for the one whose
-# 128-level quantization loses least (TensorRT's recipe). quantize_static builds its entropy calibrator
-# with num_bins = num_quantized_bins = 128, which leaves one candidate, the full range: minmax under
-# another name (byte-identical models, measured). So entropy ranges are computed here.
-ENTROPY_BINS = 2048
 ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 WEIGHT_TYPES = ACTIVATION_TYPES
 
@@ -189,19 +185,6 @@ def canonical_json(path):
     text = json.dumps(json.loads(path.read_text()), sort_keys=True)
     if path.read_text() != text:
         path.write_text(text)
-
-
-def entropy_ranges(model_path, reader, op_types, scratch):
-    """Activation ranges by KL-divergence threshold search on an ENTROPY_BINS-bin histogram."""
-    calibrator = create_calibrator(
-        Path(model_path),
-        op_types,
-        augmented_model_path=scratch / "augmented.onnx",
-        calibrate_method=CalibrationMethod.Entropy,
-        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128},
-    )
-    calibrator.collect_data(reader)
-    return calibrator.compute_data()
 
 
 def quantize_dynamic_int8(
