@@ -91,8 +91,7 @@ def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):
         )
         return path, {}
     prep = quantization.preprocess(fp32, tmp / "prep.onnx")
-    names = ("per_channel", "calibrate_method", "activation_type", "weight_type", "reduce_range")
-    opts = {k: setting[k] for k in names} | {"preprocessed": True}
+    opts = recipes.static_options(setting) | {"preprocessed": True}
     cache = out / "calibration.json"
     path = quantization.quantize_static_qdq(prep, target, calib, cache=cache, op_types=ops, **opts)
     return path, {"prep": prep, "opts": opts, "cache": cache, "ops": ops}

@@ -182,9 +182,10 @@ def canonical_json(path):
     tensor names, which changes with the process's string hash seed: the same ranges gave different bytes in
     every run, and DVC re-ran evaluate and everything after it for an unchanged model."""
     path = Path(path)
-    text = json.dumps(json.loads(path.read_text()), sort_keys=True)
-    if path.read_text() != text:
-        path.write_text(text)
+    text = path.read_text()
+    canonical = json.dumps(json.loads(text), sort_keys=True)
+    if text != canonical:
+        path.write_text(canonical)
 
 
 def quantize_dynamic_int8(

@@ -170,6 +170,12 @@ def resolve(recipe, arch, cpu):
     return out
 
 
+def static_options(setting):
+    """The keyword arguments of quantization.quantize_static_qdq that a resolved static recipe sets."""
+    names = ("per_channel", "calibrate_method", "activation_type", "weight_type", "reduce_range")
+    return {k: setting[k] for k in names}
+
+
 def op_types(setting):
     """`op_types_to_quantize` for ORT: None = every op type ORT can quantize."""
     return VIT_SAFE_OPS if setting == "vit_safe" else None
