@@ -63,8 +63,7 @@ def test_each_recipe_loads_runs_and_agrees_with_fp32(fp32, tmp_path, kind, optio
     setting = recipes.resolve({"kind": kind, **STATIC, **options}, "tf_efficientnet_lite0", CPU)
     target = tmp_path / "model.onnx"
     if kind == "ort_static":
-        keys = ("per_channel", "calibrate_method", "activation_type", "weight_type", "reduce_range")
-        opts = {k: setting[k] for k in keys}
+        opts = recipes.static_options(setting)
         quantization.quantize_static_qdq(path, target, crops(16, SIZE, seed=0), cache=tmp_path / "calib.json", **opts)
         assert json.loads((tmp_path / "calib.json").read_text())  # the calibration cache: tensor ranges as JSON
     elif kind == "ort_dynamic":
@@ -127,10 +126,9 @@ def test_entropy_and_percentile_calibration_clip_what_minmax_keeps(fp32, tmp_pat
         setting = recipes.resolve(
             {"kind": "ort_static", **STATIC, "calibrate_method": method}, "tf_efficientnet_lite0", CPU
         )
-        keys = ("per_channel", "calibrate_method", "activation_type", "weight_type", "reduce_range")
         cache = tmp_path / f"{method}.json"
         model = quantization.quantize_static_qdq(
-            path, tmp_path / f"{method}.onnx", calib, cache=cache, **{k: setting[k] for k in keys}
+            path, tmp_path / f"{method}.onnx", calib, cache=cache, **recipes.static_options(setting)
         )
         assert agreement(model, x, logits) >= MIN_TOP1, method
         found[method] = ranges(cache), model.read_bytes()
