@@ -168,7 +168,7 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
         core_hours = 1e6 / entry["throughput_img_s"] / 3600 * main_threads
         entry |= {
             "size_mb": round(Path(spec["model"]).stat().st_size / 2**20, 3),
-            "param_count": last[name]["param_count"],
+            "param_count": param_count(spec, last[name]),
             "peak_rss_mb": round(float(mine["peak_rss_mb"].median()), 1),
             "cost_usd_per_1m_images": round(core_hours * b["core_hour_usd"], 4),
             "threads": main_threads,
@@ -182,6 +182,12 @@ def summary(rows, last, variants, threads, b, fingerprint_id):
         }
         out[name] = entry
     return out
+
+
+def param_count(spec, result):
+    """The worker's count where its runner holds the model (PyTorch), else the ONNX file's weights, counted here:
+    ONNX Runtime and OpenVINO workers run the file without parsing it, as a deployed process would."""
+    return result["param_count"] if "param_count" in result else runtime.onnx_param_count(spec["model"])
 
 
 def gpu_only_summary(variants, fingerprint_id):

@@ -76,17 +76,16 @@ class OvRunner:
         reason = unavailable_reason(precision, caps)
         if reason:
             raise PrecisionUnavailable(f"OpenVINO precision {precision}: {reason}")
-        graph = runtime.read_onnx(path).graph  # a missing or truncated file: one line naming it
+        runtime.check_file(path)
         try:
             model = core.read_model(str(path))
             self.compiled = core.compile_model(model, "CPU", compile_config(threads, precision))
-        except RuntimeError as e:  # OpenVINO's one exception type for a graph it cannot read or compile
+        except RuntimeError as e:  # OpenVINO's one exception type for a file it cannot read or compile (truncated)
             raise errors.damaged(path, errors.reason(e)) from e
         ran = precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         if ran != precision:
             raise RuntimeError(f"OpenVINO compiled {path} for {ran} although {precision} was requested")
         self.request = self.compiled.create_infer_request()
-        self.param_count = runtime.onnx_param_count(graph)
         get = self.compiled.get_property
         self.settings = {
             "threads": threads,

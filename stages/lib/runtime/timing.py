@@ -61,7 +61,8 @@ def run_variant(
     for n in threads:
         runner = runtime.load_runner(model, runtime_name, n, channels_last=channels_last, options=options)
         result.update(measure(runner, image_size, batch_size, seconds, min_calls, warmup, prefix=f"t{n}_"))
-        result["param_count"] = runner.param_count
+        if hasattr(runner, "param_count"):  # PyTorch runners hold the model; the benchmark counts ONNX files
+            result["param_count"] = runner.param_count
         result["settings"] = runner.settings
         del runner
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
