@@ -72,7 +72,7 @@ def check_stages(p):
     for name in p["sparsify"]["models"] or {}:
         sparsify.check(p, name)
     for name in p["quantize"]["recipes"]:
-        quantize.check(p, name)
+        quantize.check(p, name, runs=name in p["compare"]["recipes"])
     evaluate.check(p)
     benchmark.check(p)
     selection.check(p["select"], "binary")  # select.max_fpr on a multi-class set: the select stage, once it knows

@@ -35,12 +35,17 @@ from stages.lib.runtime import openvino as ov_runtime
 log = logging.getLogger("quantize")
 
 
-def check(p, recipe_name):
+def check(p, recipe_name, runs=True):
+    """The quantize section and the recipe; `runs`: also what running it needs installed (check_params checks
+    every recipe of the menu, and this only for the compared ones)."""
     params.check_base(p["base"])
     q = p["quantize"]
     params.check_range("quantize.max_drop_pt", q["max_drop_pt"], 0, 100)
     params.check_int("quantize.sensitivity_images", q["sensitivity_images"], 1)
-    return q, recipes.find(q["recipes"], recipe_name)
+    recipe = recipes.find(q["recipes"], recipe_name)
+    if runs and recipe["kind"] in ("pt2e", "qat"):
+        pt2e.check_installed(f"quantize.recipes.{recipe_name}", recipe["kind"])
+    return q, recipe
 
 
 def make(kind, setting, model_pt, model, card, out, calib, tmp, ctx):

@@ -46,3 +46,21 @@ def test_pt2e_runner_is_cpu_only(tmp_path):
 def test_bad_recipe_names_the_key(recipe, key):
     with pytest.raises(params.ParamError, match=rf"quantize\.recipes\.p\.{key}"):
         pt2e.check_recipe("quantize.recipes.p", {"kind": "pt2e", **recipe})
+
+
+@pytest.mark.parametrize("kind", ["pt2e", "qat"])
+def test_torchao_is_required_only_for_a_recipe_that_runs(root, monkeypatch, kind):
+    """The quantize stage's own recipe and check_params's compared ones need torchao's quantizer to build; the
+    menu's other recipes are checked without it (their imports take ~2 s of every check_params run)."""
+    from stages import quantize
+
+    p = params.load("base", "quantize", path=str(root / "params.yaml"))
+    p["quantize"]["recipes"]["mine"] = {"kind": kind}
+
+    def missing(is_qat=False):
+        raise ImportError("No module named 'torchao'")
+
+    monkeypatch.setattr(pt2e, "quantizer", missing)
+    assert quantize.check(p, "mine", runs=False)[1]["kind"] == kind
+    with pytest.raises(params.ParamError, match=rf"^quantize\.recipes\.mine\.kind='{kind}' needs torchao: pip install"):
+        quantize.check(p, "mine")

@@ -45,14 +45,19 @@ DEFAULTS = {"calibration_images": 128}
 
 
 def check_recipe(key, recipe):
-    """Fail fast on a bad PT2E recipe (`key` is its params path) and check torchao imports."""
+    """Fail fast on a bad PT2E recipe (`key` is its params path)."""
     recipe = params.with_defaults(key, recipe, DEFAULTS, "pt2e")
     params.check_int(f"{key}.calibration_images", recipe["calibration_images"], 1)
-    try:
-        quantizer()
-    except ImportError as e:
-        raise params.ParamError(f"{key}.kind='pt2e' needs torchao: pip install -r requirements.txt ({e})") from e
     return recipe
+
+
+def check_installed(key, kind):
+    """torchao's X86 quantizer builds (kinds pt2e and qat). Checked for the recipes that run (the quantize stage's
+    own; check_params's compared ones), not for every recipe of the menu: its imports take ~2 s."""
+    try:
+        quantizer(is_qat=kind == "qat")
+    except ImportError as e:
+        raise params.ParamError(f"{key}.kind={kind!r} needs torchao: pip install -r requirements.txt ({e})") from e
 
 
 def quantizer(is_qat=False):

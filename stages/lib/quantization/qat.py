@@ -59,17 +59,13 @@ ONNX_ROUTES = ("pt2e", "ort")  # see the module docstring: exact learned ranges 
 
 
 def check_recipe(key, recipe):
-    """Fail fast on a bad QAT recipe (`key` is its params path) and check torchao imports."""
+    """Fail fast on a bad QAT recipe (`key` is its params path); pt2e.check_installed checks torchao."""
     recipe = params.with_defaults(key, recipe, DEFAULTS, "qat")
     params.check_int(f"{key}.epochs", recipe["epochs"], 1)
     params.check_int(f"{key}.batch_size", recipe["batch_size"], 1)
     params.check_range(f"{key}.lr", recipe["lr"], 0, 1, lo_inclusive=False)
     params.check_range(f"{key}.weight_decay", recipe["weight_decay"], 0, 1)
     params.check_choice(f"{key}.onnx", recipe["onnx"], set(ONNX_ROUTES))
-    try:
-        pt2e.quantizer(is_qat=True)
-    except ImportError as e:
-        raise params.ParamError(f"{key}.kind='qat' needs torchao: pip install -r requirements.txt ({e})") from e
     return recipe
 
 
