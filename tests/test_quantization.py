@@ -60,3 +60,17 @@ def test_onnx_has_dynamic_batch(tmp_path):
         assert runner(np.random.rand(n, 3, 64, 64).astype(np.float32)).shape == (n, 2)
     # the exporter folds BatchNorm into the convolutions: the runtime holds slightly fewer weights
     assert 0.95 * models.param_count(model) < runtime.onnx_param_count(path) <= models.param_count(model)
+
+
+def test_export_runs_in_place_activations_out_of_place_on_a_copy():
+    """export_onnx exports a copy with ReLU6(inplace=True) computing out of place (the same graph, a third faster
+    to export); the model it was given keeps its modules."""
+    model = models.build("tf_efficientnet_lite0", 2).eval()
+    inplace = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    copy = quantization.out_of_place(model)
+    assert inplace and copy is not model and not any(getattr(m, "inplace", None) for m in copy.modules())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(copy(x), model(x))
+    assert all(m.inplace for m in inplace)
+    assert quantization.out_of_place(copy) is copy  # nothing in place: no copy

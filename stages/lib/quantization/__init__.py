@@ -9,6 +9,7 @@ ranges at every call (CNN convs become ConvInteger). FP16 halves weights and com
 keeping float32 inputs and outputs.
 """
 
+import copy
 import json
 import logging
 import tempfile
@@ -43,8 +44,12 @@ WEIGHT_TYPES = ACTIVATION_TYPES
 
 
 def export_onnx(model, path, image_size, opset=18):
-    """FP32 ONNX with a dynamic batch axis; input 'image' (N,3,S,S) in [0,1], output 'logits'."""
-    model.eval()
+    """FP32 ONNX with a dynamic batch axis; input 'image' (N,3,S,S) in [0,1], output 'logits'.
+
+    Exported from a copy whose in-place activations compute out of place (`out_of_place`): the same ops, but
+    torch.export's decomposition under the symbolic batch runs each in-place op (timm's ReLU6(inplace=True))
+    through Python reference implementations, ~35 % of Lite0's export time (8.0 -> 5.2 s at 64 px)."""
+    model = out_of_place(model.eval())
     example = (torch.rand(2, 3, image_size, image_size),)  # not 1: torch.export specialises size-1 dims (ConvNeXt)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with warnings.catch_warnings():
@@ -63,6 +68,17 @@ def export_onnx(model, path, image_size, opset=18):
         )
     strip_debug_info(path)
     return Path(path)
+
+
+def out_of_place(model):
+    """`model`, or a copy of it whose modules with `inplace=True` (activations, dropout) compute out of place."""
+    if not any(getattr(m, "inplace", None) is True for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if getattr(m, "inplace", None) is True:
+            m.inplace = False
+    return model
 
 
 def strip_debug_info(path):
