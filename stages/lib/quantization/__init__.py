@@ -49,7 +49,8 @@ def export_onnx(model, path, image_size, opset=18):
     Exported from a copy whose in-place activations compute out of place (`out_of_place`): the same ops, but
     torch.export's decomposition under the symbolic batch runs each in-place op (timm's ReLU6(inplace=True))
     through Python reference implementations, ~35 % of Lite0's export time (8.0 -> 5.2 s at 64 px)."""
-    model = out_of_place(model.eval())
+    model.eval()  # not chained: a converted PT2E graph's eval() (QAT's route) returns None
+    model = out_of_place(model)
     example = (torch.rand(2, 3, image_size, image_size),)  # not 1: torch.export specialises size-1 dims (ConvNeXt)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with warnings.catch_warnings():
