@@ -255,7 +255,7 @@ QUOTES = [
         "plots/report/sweep.csv",
         ci95("[variant=student_pruned_int8_auto].auroc_delta_pt") + " in INT8",
     ),
-    ("default prune minutes", "16.9 minutes", PRUNE, "{train_minutes:.1f} minutes"),
+    ("default prune minutes", "15.3 minutes", PRUNE, "{train_minutes:.1f} minutes"),
     # Beyond ELPV (lab/datasets: one row per data set)
     ("tire deployed speed-up", "8.15x [7.54, 8.82] ▲", DATASETS, ds("ds-tire", "speedup_x", **X)),
     ("BSData deployed speed-up", "8.64x [8.44, 8.85] ▲", DATASETS, ds("ds-bsdata", "speedup_x", **X)),
