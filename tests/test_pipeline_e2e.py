@@ -350,12 +350,14 @@ def test_shared_remote_lets_another_clone_reuse_every_result(repo, tmp_path):
 
 
 def test_queued_experiments_run_and_show_side_by_side(repo):
-    """README "Scaling out": two queued experiments, one worker (so benchmarks never overlap), both in `dvc exp show`."""
+    """docs/scaling.md "Many experiments": a queued experiment, one worker (so benchmarks never overlap), shown
+    beside the workspace's run in `dvc exp show`. One is enough: a second only repeats DVC's queue (~35 s)."""
     repo, _ = repo
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "before the sweep", "--allow-empty", cwd=repo)
-    for ms in (1000, 2000):  # select knobs only: each experiment reruns select and report, nothing upstream
-        dvc("exp", "run", "--queue", "-n", f"lat{ms}", "-S", f"select.max_latency_ms={ms}", cwd=repo)
+    baseline = yaml.safe_load((repo / "params.yaml").read_text())["select"]["max_latency_ms"]
+    # a select knob only: the experiment reruns select and report, nothing upstream
+    dvc("exp", "run", "--queue", "-n", "lat1000", "-S", "select.max_latency_ms=1000", cwd=repo)
     dvc("queue", "start", "-j", "1", cwd=repo)  # returns when the worker has emptied the queue
     for _ in range(60):  # each poll is a DVC process: ~1.5 s of CPU the queue's worker and the other tests share
         status = dvc("queue", "status", cwd=repo).stdout
@@ -365,11 +367,11 @@ def test_queued_experiments_run_and_show_side_by_side(repo):
     assert "Failed" not in status, dvc("queue", "logs", "lat1000", cwd=repo, check=False).stdout
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
     exps = {e["name"]: e for rev in shown for e in (rev.get("experiments") or []) if e.get("name")}
-    assert {"lat1000", "lat2000"} <= set(exps), list(exps)
-    for name, ms in (("lat1000", 1000), ("lat2000", 2000)):
-        data = exps[name]["revs"][0]["data"]
-        assert data["params"]["params.yaml"]["data"]["select"]["max_latency_ms"] == ms
-        assert data["metrics"]["metrics/headline.json"]["data"]["deployed"]
+    assert "lat1000" in exps, list(exps)
+    workspace = next(rev for rev in shown if rev["rev"] == "workspace")
+    for row, ms in ((exps["lat1000"]["revs"][0], 1000), (workspace, baseline)):
+        assert row["data"]["params"]["params.yaml"]["data"]["select"]["max_latency_ms"] == ms
+        assert row["data"]["metrics"]["metrics/headline.json"]["data"]["deployed"]
     dvc("exp", "branch", "lat1000", "fastest-pick", cwd=repo)  # README: keep the one you want
     assert "fastest-pick" in sh(["git", "branch"], repo).stdout
 
