@@ -549,8 +549,8 @@ def test_plots_render_offline_with_data(repo, tmp_path):
 
 
 def test_select_param_reruns_only_select_and_report(repo):
-    """Last in this file: it leaves the tiny repo with nothing deployed. A latency cap every pick meets and a size
-    cap none does: select and report rerun, with both constraints, and nothing qualifies."""
+    """Last in this file: it leaves the tiny repo with nothing deployed. A latency cap the last pick meets and a
+    size cap no variant does: select and report rerun, with both constraints, and nothing qualifies."""
     repo, _ = repo
     before = json.loads((repo / "metrics/select.json").read_text())
     latency = round(before["variants"][before["selected"]]["latency_ms_p50"] * 2, 4)
