@@ -14,7 +14,8 @@ Rows keep the input order.
 Decoding runs in `--workers` threads (PIL releases the GIL while it decodes and resizes) while the model
 scores the previous batch; at most two batches of decoded images wait, so memory stays bounded whatever
 the number of files. `--workers 0` decodes in the main thread, one file after the other; the bytes are
-the same either way.
+the same either way. With decoding threads, ONNX Runtime's threads do not spin-wait between operators (the
+benchmark's setting): spinning threads take the CPU time the decoders need (docs/deploy.md).
 
 Exit status: 0 done; 2 a user error, printed as one line `screen: ...` (a bad option, a missing, empty or
 damaged bundle, a model its runtime cannot load, a missing input, no image at all); 3 done, but unreadable
@@ -220,10 +221,11 @@ def main(argv=None):
         raise deploy.BundleError(
             f"deploy.json: runtime {name!r} is not one screen runs; expected {selection.DEPLOYABLE}"
         )
+    options = dict(bundle["benchmark"].get("runtime_options") or {})
+    if name == "onnxruntime" and workers:  # ORT's spinning threads would take the decoders' CPU time
+        options["spinning"] = False
     try:
-        runner = runtime.load_runner(
-            bundle["model_path"], name, threads, options=bundle["benchmark"].get("runtime_options")
-        )
+        runner = runtime.load_runner(bundle["model_path"], name, threads, options=options)
     except errors.UserError:
         raise
     except Exception as e:  # the runtimes raise their own types; the last line says what is wrong
@@ -247,6 +249,7 @@ def main(argv=None):
         **{k: round(v, 3) for k, v in timing.items()},
         "threads": threads,
         "runtime": name,
+        "runtime_settings": runner.settings,
         "batch_size": args.batch_size,
         "workers": workers,
         "prefetch_images": PREFETCH_BATCHES * args.batch_size if workers else 0,

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from stages.lib import metrics, runtime
-from stages.lib.report import comparison, gpu, summary, writeup
+from stages.lib.report import comparison, deployment, gpu, summary, writeup
 
 NAMES = metrics.binary_ci_names(0.95, [1, 5])
 GUARDS = ["auroc", "fpr_at_recall_95pct"]
@@ -252,3 +252,14 @@ def test_gpu_section_only_with_gpu_rounds_and_against_the_targets():
     assert "`student_kd_int8_auto` (no CUDA provider)" in text
     assert "`student_kd_torch_fp32` 0.800 ms (met), 145,000 img/s (met)" in text  # the targets name the Lite0 only
     assert "`teacher_torch_fp32` 1.50" not in text
+
+
+def test_screen_limit_is_the_cores_over_the_cpu_time_an_image_costs():
+    """2 cores; the model 2 ms of CPU an image (2 threads at 1000 images/s), decoding 2 ms: at most 500 images/s."""
+    scr = {"images": 100, "decode_seconds": 0.2, "threads": 2, "cpu_count": 2, "model_only_throughput_img_s": 1000.0}
+    scr |= {"images_per_s": 400.0, "workers": 1, "runtime_settings": {"intra_op_allow_spinning": False}}
+    text = " ".join(deployment.screen_limit(scr))
+    assert "End to end is 40 % of the model alone" in text
+    assert "2.00 ms of CPU an image and the model 2.00 ms" in text and "at most ~500 images/s (50 % of" in text
+    assert "not spin-waiting" in text
+    assert deployment.screen_limit({**scr, "cpu_count": None}) == []  # a select.json from before: nothing claimed

@@ -98,15 +98,26 @@ def test_screen_mixed_folder_gives_verdicts_lists_broken_files_and_exits_3(bundl
     assert summary["torch_imported"] is False  # the process that ran the model never loaded torch
     assert summary["workers"] == 2 and summary["threads"] == 1 and summary["batch_size"] == 32  # what ran
     assert summary["model_seconds"] <= summary["seconds"] and summary["decode_seconds"] > 0
+    assert summary["runtime_settings"]["intra_op_allow_spinning"] is False  # decoders share the cores: no spinning
     assert "2 unreadable skipped" in proc.stderr
 
 
 def test_clean_input_exits_zero(bundle, tmp_path):
     Image.fromarray(np.full((20, 20), 200, np.uint8)).save(tmp_path / "a.png")
-    proc = run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv")
+    summary = tmp_path / "s.json"
+    proc = run_screen(bundle, tmp_path / "a.png", "--out", tmp_path / "v.csv", "--workers", "0", "--summary", summary)
     assert proc.returncode == 0, proc.stderr
+    assert json.loads(summary.read_text())["runtime_settings"]["intra_op_allow_spinning"] is True  # as benchmarked
     score = float(next(csv.DictReader((tmp_path / "v.csv").open()))["score"])
     assert score == pytest.approx(1 / (1 + np.exp(-(20 * 200 / 255 - 10))), abs=1e-6)
+
+
+def test_the_spinning_option_reaches_the_onnx_runtime_session(bundle):
+    for spinning, entry in ((False, "0"), (True, "1")):
+        runner = runtime.load_runner(bundle / deploy.MODEL_FILE, "onnxruntime", 1, options={"spinning": spinning})
+        options = runner.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+        assert runner.settings["intra_op_allow_spinning"] is spinning
 
 
 def test_screen_never_imports_torch(bundle, tmp_path):

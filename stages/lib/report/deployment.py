@@ -21,6 +21,31 @@ def ci(value, interval):
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
+def screen_limit(scr):
+    """What bounds screen's end-to-end speed: decoding and the model share the CPU cores. The ceiling is
+    cores / (the model's CPU time an image + decoding's), the model's taken as its threads busy at the benchmark's
+    throughput: a first-order bound that assumes both scale with the cores they get."""
+    if not (scr.get("images") and scr.get("cpu_count") and scr.get("model_only_throughput_img_s")):
+        return []
+    decode_ms = 1000 * scr["decode_seconds"] / scr["images"]
+    model_ms = 1000 * min(scr["threads"], scr["cpu_count"]) / scr["model_only_throughput_img_s"]
+    ceiling = 1000 * scr["cpu_count"] / (model_ms + decode_ms)
+    share = lambda v: f"{100 * v / scr['model_only_throughput_img_s']:.0f} %"  # noqa: E731
+    spinning = scr.get("runtime_settings", {}).get("intra_op_allow_spinning")
+    return [
+        "",
+        f"End to end is {share(scr['images_per_s'])} of the model alone. What limits it: decoding and resizing take "
+        f"{decode_ms:.2f} ms of CPU an image and the model {model_ms:.2f} ms ({scr['threads']} threads at its "
+        f"benchmark throughput), on {scr['cpu_count']} cores they share: at most ~{ceiling:.0f} images/s "
+        f"({share(ceiling)} of the model alone) however the work is overlapped. {scr['workers']} decoding thread(s)"
+        + (
+            ", ONNX Runtime's threads not spin-waiting (they would take the decoders' CPU time)."
+            if spinning is False
+            else "."
+        ),
+    ]
+
+
 def report_section(sel_result, evaluations):
     """REPORT.md lines: the constraints and rule, every variant's verdict, the pick's honest test estimate,
     the screen command's end-to-end speed next to the model-only benchmark, the skew check, and the
@@ -85,6 +110,7 @@ def report_section(sel_result, evaluations):
         f"({scr['threads']} threads, batch {scr['batch_size']}; {scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s "
         f"in the model); the model alone in the benchmark: {scr['model_only_throughput_img_s']:.1f} images/s "
         f"(batch {scr['model_only_batch_size']}, median over rounds). One run, measured by the select stage.",
+        *screen_limit(scr),
         "",
         f"Skew check: screening the {sk['images']} raw test images reproduces evaluate's scores within "
         f"{sk['max_abs_score_diff']:.2g} (tolerance {sk['tolerance']:g}) with {sk['verdict_mismatches']} "

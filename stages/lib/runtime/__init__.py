@@ -65,7 +65,10 @@ class TorchRunner:
 
 
 class OrtRunner:
-    def __init__(self, path, threads, device="cpu", channels_last=False):
+    """`spinning`: intra-op threads spin-wait between operators (ORT_CPU). `screen` turns it off while its decoding
+    threads share the cores: spinning threads would take the CPU time the decoders need."""
+
+    def __init__(self, path, threads, device="cpu", channels_last=False, spinning=ORT_CPU["intra_op_allow_spinning"]):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -73,9 +76,7 @@ class OrtRunner:
         opts.inter_op_num_threads = ORT_CPU["inter_op_num_threads"]
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if ORT_CPU["intra_op_allow_spinning"] else "0"
-        )
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         check_file(path)
         try:
@@ -86,6 +87,7 @@ class OrtRunner:
         self.settings = {
             "threads": threads,
             **ORT_CPU,
+            "intra_op_allow_spinning": spinning,
             "providers": self.session.get_providers(),
             "onnxruntime": ort.__version__,
         }
@@ -137,7 +139,8 @@ def read_variant(variant_dir):
 
 
 def load_runner(path, runtime, threads, device="cpu", channels_last=False, options=None):
-    """The runner for `runtime`; `options`: the variant's runtime_options (variant.json), e.g. OpenVINO's precision."""
+    """The runner for `runtime`; `options`: keyword arguments of its runner: the variant's runtime_options
+    (variant.json, e.g. OpenVINO's precision), or ONNX Runtime's `spinning`."""
     if runtime == "openvino":
         from stages.lib.runtime import openvino
 
@@ -147,7 +150,7 @@ def load_runner(path, runtime, threads, device="cpu", channels_last=False, optio
 
         return pt2e.Pt2eRunner(path, threads, device, channels_last)
     cls = {"torch": TorchRunner, "onnxruntime": OrtRunner}[runtime]
-    return cls(path, threads, device, channels_last)
+    return cls(path, threads, device, channels_last, **(options or {}))
 
 
 def softmax(logits):
