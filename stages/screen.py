@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 from stages.lib import deploy, errors, runtime
 from stages.lib.data.images import IMAGE_SUFFIXES, ImageDecodeError
-from stages.lib.deploy import selection
 from stages.lib.outputs import write_json
 
 log = logging.getLogger("screen")
@@ -217,10 +216,8 @@ def main(argv=None):
     threads = args.threads or bundle["benchmark"]["threads"]
     workers = default_workers(threads) if args.workers is None else args.workers
     name = bundle["benchmark"].get("runtime", "onnxruntime")  # the runtime select benchmarked and picked
-    if name not in selection.DEPLOYABLE:
-        raise deploy.BundleError(
-            f"deploy.json: runtime {name!r} is not one screen runs; expected {selection.DEPLOYABLE}"
-        )
+    if name not in deploy.DEPLOYABLE:
+        raise deploy.BundleError(f"deploy.json: runtime {name!r} is not one screen runs; expected {deploy.DEPLOYABLE}")
     options = dict(bundle["benchmark"].get("runtime_options") or {})
     if name == "onnxruntime" and workers:  # ORT's spinning threads would take the decoders' CPU time
         options["spinning"] = False

@@ -121,11 +121,13 @@ def test_the_spinning_option_reaches_the_onnx_runtime_session(bundle):
 
 
 def test_screen_never_imports_torch(bundle, tmp_path):
+    """Nor the training side's statistics libraries: a deployment needs the runtime, NumPy, Pillow and pandas."""
     Image.fromarray(np.full((20, 20), 10, np.uint8)).save(tmp_path / "a.png")
     code = (
         "import runpy, sys\nsys.argv = ['screen', sys.argv[1], sys.argv[2], '--out', sys.argv[3]]\n"
         "try:\n    runpy.run_module('stages.screen', run_name='__main__')\nfinally:\n"
-        "    print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')\n"
+        "    heavy = [m for m in ('torch', 'sklearn', 'scipy', 'onnx') if m in sys.modules]\n"
+        "    print(heavy or 'NO_TORCH')\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(bundle), str(tmp_path / "a.png"), str(tmp_path / "v.csv")],

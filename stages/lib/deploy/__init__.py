@@ -27,6 +27,7 @@ from stages.lib.outputs import atomic, write_json
 BUNDLE_VERSION = 1
 BUNDLE_JSON = "deploy.json"
 MODEL_FILE = "model.onnx"
+DEPLOYABLE = ("onnxruntime", "openvino")  # the runtimes a bundle holds and `screen` runs (runtime.load_runner)
 
 
 class BundleError(errors.InputError):

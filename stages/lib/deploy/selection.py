@@ -5,6 +5,7 @@ Only variants that deploy as one ONNX file (runtime onnxruntime or openvino) are
 `screen` run that file in its runtime without PyTorch. PyTorch variants are listed with the reason they are not.
 """
 
+from stages.lib.deploy import DEPLOYABLE
 from stages.lib.metrics import speed
 from stages.lib.params import ParamError, check_int, check_range
 
@@ -16,7 +17,6 @@ OBJECTIVES = {
     "auroc": "among the ONNX variants (ONNX Runtime or OpenVINO) that meet every constraint, the highest "
     "validation AUROC; ties go to the lower batch-1 latency, then the name",
 }
-DEPLOYABLE = ("onnxruntime", "openvino")  # the runtimes the bundle and `screen` run (lib/runtime load_runner)
 # constraint -> (the value it is checked against, "min" or "max", unit for messages)
 CONSTRAINTS = {
     "min_recall": ("val_recall_bound", "min", ""),
