@@ -397,6 +397,8 @@ def test_select_writes_the_bundle_of_its_pick(repo):
     assert ev["threshold_rule"] == "lower_bound" and ev["threshold_fallback"]  # ~3 val defects: flagged fallback
     assert sel["skew"]["verdict_mismatches"] == 0 and sel["skew"]["max_abs_score_diff"] <= 1e-5
     assert sel["screen"]["images"] == 80 and sel["screen"]["images_per_s"] > 0 and not sel["screen"]["torch_imported"]
+    runs = sel["screen"]["images_per_s_runs"]  # fresh processes; the median run is the one reported
+    assert len(runs) == 3 and sorted(runs)[1] == sel["screen"]["images_per_s"]
     assert "## Deployment: the selected variant" in (repo / "REPORT.md").read_text()
     assert json.loads((repo / "metrics/headline.json").read_text())["deployed"] == sel["selected"]
 

@@ -262,4 +262,6 @@ def test_screen_limit_is_the_cores_over_the_cpu_time_an_image_costs():
     assert "End to end is 40 % of the model alone" in text
     assert "2.00 ms of CPU an image and the model 2.00 ms" in text and "at most ~500 images/s (50 % of" in text
     assert "not spin-waiting" in text
+    assert deployment.screen_runs({"images_per_s_runs": [410.9, 473.2, 398.0]}) == "; the median of 3 runs, 398.0-473.2"
+    assert deployment.screen_runs({}) == ""  # one run (a select.json from before): no range claimed
     assert deployment.screen_limit({**scr, "cpu_count": None}) == []  # a select.json from before: nothing claimed

@@ -21,6 +21,12 @@ def ci(value, interval):
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
+def screen_runs(scr):
+    """', the median of N runs (low-high)' when select ran screen more than once."""
+    runs = scr.get("images_per_s_runs") or []
+    return f"; the median of {len(runs)} runs, {min(runs):.1f}-{max(runs):.1f}" if len(runs) > 1 else ""
+
+
 def screen_limit(scr):
     """What bounds screen's end-to-end speed: decoding and the model share the CPU cores. The ceiling is
     cores / (the model's CPU time an image + decoding's), the model's taken as its threads busy at the benchmark's
@@ -108,8 +114,8 @@ def report_section(sel_result, evaluations):
         f"`python -m stages.screen artifacts/deploy <images or folders>` on {scr['images']} raw images of the "
         f"data set, decoding included, in a fresh process without PyTorch: **{scr['images_per_s']:.1f} images/s** "
         f"({scr['threads']} threads, batch {scr['batch_size']}; {scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s "
-        f"in the model); the model alone in the benchmark: {scr['model_only_throughput_img_s']:.1f} images/s "
-        f"(batch {scr['model_only_batch_size']}, median over rounds). One run, measured by the select stage.",
+        f"in the model{screen_runs(scr)}); the model alone in the benchmark: {scr['model_only_throughput_img_s']:.1f} images/s "
+        f"(batch {scr['model_only_batch_size']}, median over rounds). Measured by the select stage.",
         *screen_limit(scr),
         "",
         f"Skew check: screening the {sk['images']} raw test images reproduces evaluate's scores within "
