@@ -127,7 +127,7 @@ def test_screen_never_imports_torch(bundle, tmp_path):
         "import runpy, sys\nsys.argv = ['screen', sys.argv[1], sys.argv[2], '--out', sys.argv[3]]\n"
         "try:\n    runpy.run_module('stages.screen', run_name='__main__')\nfinally:\n"
         "    heavy = [m for m in ('torch', 'sklearn', 'scipy', 'onnx') if m in sys.modules]\n"
-        "    print(heavy or 'NO_TORCH')\n"
+        "    print(heavy or 'LEAN')\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(bundle), str(tmp_path / "a.png"), str(tmp_path / "v.csv")],
@@ -135,7 +135,7 @@ def test_screen_never_imports_torch(bundle, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("NO_TORCH"), proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("LEAN"), proc.stdout + proc.stderr
 
 
 def one_line_error(proc, *fragments):
