@@ -399,6 +399,11 @@ def test_select_writes_the_bundle_of_its_pick(repo):
     assert sel["screen"]["images"] == 80 and sel["screen"]["images_per_s"] > 0 and not sel["screen"]["torch_imported"]
     runs = sel["screen"]["images_per_s_runs"]  # fresh processes; the median run is the one reported
     assert len(runs) == 3 and sorted(runs)[1] == sel["screen"]["images_per_s"]
+    bench = json.loads((repo / "metrics/benchmark.json").read_text())["variants"][sel["selected"]]
+    threads = sel["screen"]["threads"]  # 2 benchmarked, a core left for decoding: the model alone at 1 thread
+    assert threads == max(1, min(2, os.cpu_count() - 1)) == sel["screen"]["model_only_threads"]
+    key = "throughput_img_s_1t" if threads == 1 else "throughput_img_s"
+    assert sel["screen"]["model_only_throughput_img_s"] == bench[key]
     assert "## Deployment: the selected variant" in (repo / "REPORT.md").read_text()
     assert json.loads((repo / "metrics/headline.json").read_text())["deployed"] == sel["selected"]
 

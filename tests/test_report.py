@@ -254,14 +254,25 @@ def test_gpu_section_only_with_gpu_rounds_and_against_the_targets():
     assert "`teacher_torch_fp32` 1.50" not in text
 
 
-def test_screen_limit_is_the_cores_over_the_cpu_time_an_image_costs():
-    """2 cores; the model 2 ms of CPU an image (2 threads at 1000 images/s), decoding 2 ms: at most 500 images/s."""
+def test_screen_limit_is_the_least_of_the_model_the_decoders_and_the_shared_cores():
+    """2 cores. Model 2 threads at 1000 images/s (2 ms of CPU an image), decoding 2 ms an image on 1 thread: the
+    decoder and the shared cores allow 500 images/s. The model on 1 thread at 400 images/s: it is the limit."""
     scr = {"images": 100, "decode_seconds": 0.2, "threads": 2, "cpu_count": 2, "model_only_throughput_img_s": 1000.0}
     scr |= {"images_per_s": 400.0, "workers": 1, "runtime_settings": {"intra_op_allow_spinning": False}}
     text = " ".join(deployment.screen_limit(scr))
-    assert "End to end is 40 % of the model alone" in text
-    assert "2.00 ms of CPU an image and the model 2.00 ms" in text and "at most ~500 images/s (50 % of" in text
-    assert "not spin-waiting" in text
+    assert "End to end is 40 % of the model alone at the same 2 thread(s)" in text
+    assert "2.00 ms of CPU an image, the model 2.00 ms" in text and "2 cores shared by both allow ~500" in text
+    assert "at most ~500 (50 %)" in text and "do not spin-wait" in text
+    one = {**scr, "threads": 1, "model_only_threads": 1, "model_only_throughput_img_s": 400.0, "images_per_s": 360.0}
+    one |= {"benchmark_threads": 2, "benchmark_throughput_img_s": 1000.0, "model_only_batch_size": 32}
+    text = " ".join(deployment.screen_limit(one))
+    assert (
+        "90 % of the model alone at the same 1 thread(s)" in text and "at most ~400 (100 %), set by the model" in text
+    )
+    assert deployment.model_alone(one) == (
+        "the model alone in the benchmark at the same 1 thread(s): 400.0 images/s; at the benchmark's 2: 1000.0 "
+        "images/s (batch 32, median over rounds)"
+    )
     assert deployment.screen_runs({"images_per_s_runs": [410.9, 473.2, 398.0]}) == "; the median of 3 runs, 398.0-473.2"
     assert deployment.screen_runs({}) == ""  # one run (a select.json from before): no range claimed
     assert deployment.screen_limit({**scr, "cpu_count": None}) == []  # a select.json from before: nothing claimed

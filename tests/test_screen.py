@@ -112,6 +112,14 @@ def test_clean_input_exits_zero(bundle, tmp_path):
     assert score == pytest.approx(1 / (1 + np.exp(-(20 * 200 / 255 - 10))), abs=1e-6)
 
 
+@pytest.mark.parametrize(("cores", "benchmarked", "threads", "workers"), [(2, 2, 1, 1), (16, 2, 2, 8), (1, 2, 1, 1)])
+def test_the_model_keeps_the_benchmarked_threads_but_leaves_a_core_for_decoding(
+    monkeypatch, cores, benchmarked, threads, workers
+):
+    monkeypatch.setattr(screen.os, "cpu_count", lambda: cores)
+    assert screen.default_threads(benchmarked) == threads and screen.default_workers(threads) == workers
+
+
 def test_the_spinning_option_reaches_the_onnx_runtime_session(bundle):
     for spinning, entry in ((False, "0"), (True, "1")):
         runner = runtime.load_runner(bundle / deploy.MODEL_FILE, "onnxruntime", 1, options={"spinning": spinning})

@@ -27,27 +27,46 @@ def screen_runs(scr):
     return f"; the median of {len(runs)} runs, {min(runs):.1f}-{max(runs):.1f}" if len(runs) > 1 else ""
 
 
+def model_alone(scr):
+    """The deployed model's benchmark throughput at screen's threads, and at the benchmark's own where they differ."""
+    t, main = scr.get("model_only_threads", scr["threads"]), scr.get("benchmark_threads")
+    same = scr.get("model_only_throughput_img_s")
+    out = f"the model alone in the benchmark at the same {t} thread(s): " + (
+        f"{same:.1f} images/s" if same else "not measured"
+    )
+    if main and main != t:
+        out += f"; at the benchmark's {main}: {scr['benchmark_throughput_img_s']:.1f} images/s"
+    return out + f" (batch {scr['model_only_batch_size']}, median over rounds)"
+
+
 def screen_limit(scr):
-    """What bounds screen's end-to-end speed: decoding and the model share the CPU cores. The ceiling is
-    cores / (the model's CPU time an image + decoding's), the model's taken as its threads busy at the benchmark's
-    throughput: a first-order bound that assumes both scale with the cores they get."""
-    if not (scr.get("images") and scr.get("cpu_count") and scr.get("model_only_throughput_img_s")):
+    """What bounds screen's end-to-end speed, from the run's own numbers: the model alone at screen's threads, the
+    decoding threads (decoding CPU time an image), and the cores both share: cores / (the model's CPU time an image +
+    decoding's), the model's taken as its threads busy at its benchmark throughput. The least of the three is the
+    ceiling (first-order: each assumed to scale with what it gets)."""
+    model_only = scr.get("model_only_throughput_img_s")
+    if not (scr.get("images") and scr.get("cpu_count") and model_only):
         return []
     decode_ms = 1000 * scr["decode_seconds"] / scr["images"]
-    model_ms = 1000 * min(scr["threads"], scr["cpu_count"]) / scr["model_only_throughput_img_s"]
-    ceiling = 1000 * scr["cpu_count"] / (model_ms + decode_ms)
-    share = lambda v: f"{100 * v / scr['model_only_throughput_img_s']:.0f} %"  # noqa: E731
+    model_ms = 1000 * min(scr["threads"], scr["cpu_count"]) / model_only
+    bounds = {
+        "the model alone": model_only,
+        f"{scr['workers']} decoding thread(s)": 1000 * max(scr["workers"], 1) / decode_ms,
+        f"{scr['cpu_count']} cores shared by both": 1000 * scr["cpu_count"] / (model_ms + decode_ms),
+    }
+    limit = min(bounds, key=bounds.get)
+    share = lambda v: f"{100 * v / model_only:.0f} %"  # noqa: E731
     spinning = scr.get("runtime_settings", {}).get("intra_op_allow_spinning")
     return [
         "",
-        f"End to end is {share(scr['images_per_s'])} of the model alone. What limits it: decoding and resizing take "
-        f"{decode_ms:.2f} ms of CPU an image and the model {model_ms:.2f} ms ({scr['threads']} threads at its "
-        f"benchmark throughput), on {scr['cpu_count']} cores they share: at most ~{ceiling:.0f} images/s "
-        f"({share(ceiling)} of the model alone) however the work is overlapped. {scr['workers']} decoding thread(s)"
+        f"End to end is {share(scr['images_per_s'])} of the model alone at the same {scr['threads']} thread(s). "
+        f"What limits it: decoding and resizing take {decode_ms:.2f} ms of CPU an image, the model {model_ms:.2f} ms; "
+        + ", ".join(f"{name} allow{'s' if name == 'the model alone' else ''} ~{v:.0f}" for name, v in bounds.items())
+        + f" images/s: at most ~{bounds[limit]:.0f} ({share(bounds[limit])}), set by {limit}."
         + (
-            ", ONNX Runtime's threads not spin-waiting (they would take the decoders' CPU time)."
+            " ONNX Runtime's threads do not spin-wait (they would take the decoders' CPU time)."
             if spinning is False
-            else "."
+            else ""
         ),
     ]
 
@@ -114,8 +133,7 @@ def report_section(sel_result, evaluations):
         f"`python -m stages.screen artifacts/deploy <images or folders>` on {scr['images']} raw images of the "
         f"data set, decoding included, in a fresh process without PyTorch: **{scr['images_per_s']:.1f} images/s** "
         f"({scr['threads']} threads, batch {scr['batch_size']}; {scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s "
-        f"in the model{screen_runs(scr)}); the model alone in the benchmark: {scr['model_only_throughput_img_s']:.1f} images/s "
-        f"(batch {scr['model_only_batch_size']}, median over rounds). Measured by the select stage.",
+        f"in the model{screen_runs(scr)}); {model_alone(scr)}. Measured by the select stage.",
         *screen_limit(scr),
         "",
         f"Skew check: screening the {sk['images']} raw test images reproduces evaluate's scores within "
