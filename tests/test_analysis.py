@@ -191,8 +191,25 @@ QUOTES = [
     ("ORT INT8 img/s", "785 images/s", REPORT, f"{{{KD_INT8}.throughput_img_s:.0f}} images/s"),
     ("int8_auto's allowed drop", "fit 1.0 pt", "metrics/quantize/teacher_int8_auto.json", "fit {max_drop_pt:.1f} pt"),
     ("screen cores", "same 2 cores", MACHINE, "same {usable_cpus} cores"),
-    ("screen images/s", "425.9 images/s", SELECT, "{screen.images_per_s:.1f} images/s"),
-    ("deployed model-only img/s", "1066.0", SELECT, "{screen.model_only_throughput_img_s:.1f}"),
+    ("screen images/s", "494.0 images/s", SELECT, "{screen.images_per_s:.1f} images/s"),
+    (
+        "screen threads",
+        "1 model thread, 1 decoding thread",
+        SELECT,
+        "{screen.threads} model thread, {screen.workers} decoding thread",
+    ),
+    (
+        "deployed model-only img/s",
+        "565.5 alone at 1 thread",
+        SELECT,
+        "{screen.model_only_throughput_img_s:.1f} alone at {screen.model_only_threads} thread",
+    ),
+    (
+        "deployed model-only img/s, benchmark threads",
+        "1066.0 at 2",
+        SELECT,
+        "{screen.benchmark_throughput_img_s:.1f} at {screen.benchmark_threads}",
+    ),
     ("screen batch", "batch 32", SELECT, "batch {screen.model_only_batch_size}"),
     # What distillation buys
     ("distillation Δ FPR at threshold", "+5.5 [+1.5, +9.8] ▼", REPORT, ci95("steps.distillation.delta.fpr_delta_pt")),
