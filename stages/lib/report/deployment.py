@@ -132,8 +132,9 @@ def report_section(sel_result, evaluations):
         "",
         f"`python -m stages.screen artifacts/deploy <images or folders>` on {scr['images']} raw images of the "
         f"data set, decoding included, in a fresh process without PyTorch: **{scr['images_per_s']:.1f} images/s** "
-        f"({scr['threads']} model thread(s), {scr['workers']} decoding, batch {scr['batch_size']}; {scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s "
-        f"in the model{screen_runs(scr)}); {model_alone(scr)}. Measured by the select stage.",
+        f"({scr['threads']} model thread(s), {scr['workers']} decoding, batch {scr['batch_size']}; "
+        f"{scr['model_seconds']:.2f} s of {scr['seconds']:.2f} s in the model{screen_runs(scr)}); {model_alone(scr)}. "
+        "Measured by the select stage.",
         *screen_limit(scr),
         "",
         f"Skew check: screening the {sk['images']} raw test images reproduces evaluate's scores within "
