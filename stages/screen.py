@@ -3,9 +3,10 @@
     python -m stages.screen artifacts/deploy line3/ extra.png --out verdicts.csv
 
 Each file is decoded exactly as `prepare` and `evaluate` decode it (lib/deploy: the prepare stage's
-decoder, made square by the bundle's resize mode (squash, pad or crop), RGB, bilinear resize, [0, 1]), scored in batches by the bundle's ONNX model in the runtime select
-picked it in (ONNX Runtime or OpenVINO: deploy.json `benchmark.runtime`, with the evaluate/benchmark
-settings), and written as one CSV row: path, sha256 of the file,
+decoder, made square by the bundle's resize mode (squash, pad or crop), RGB, bilinear resize, [0, 1]), scored
+in batches by the bundle's ONNX model in the runtime select picked it in (ONNX Runtime or OpenVINO:
+deploy.json `benchmark.runtime`, with its runtime options; the model's threads as benchmarked, leaving a core
+for decoding), and written as one CSV row: path, sha256 of the file,
 pixel_sha256 (the decoded pixels, as prepare's manifest), score (binary: the defect probability;
 multi-class: the top class's probability) and verdict (binary: defect when score >= the bundle's
 threshold, else good; multi-class: the top class). Folders are searched recursively for image files.
