@@ -212,7 +212,8 @@ def main():
     write_json(
         args.metrics,
         {
-            "variants": table.to_dict(orient="index"),
+            # a value one variant lacks is NaN in the table, which is not JSON: null instead
+            "variants": table.astype(object).where(table.notna(), None).to_dict(orient="index"),
             "steps": steps,
             "recommended": recommended,
             "rule": rule,

@@ -167,6 +167,8 @@ def test_every_stage_runs_and_writes_its_outputs(repo):
     rounds = (repo / "plots/benchmark/rounds.csv").read_text().splitlines()
     assert len(rounds) == 1 + TINY["benchmark"]["rounds"] * len(variants) * 2  # threads 1 and base.threads
 
+    for path in (repo / "metrics").rglob("*.json"):  # strict JSON: NaN or Infinity is not, and other tools refuse it
+        json.loads(path.read_text(), parse_constant=lambda c, path=path: pytest.fail(f"{c} in {path}"))
     report = json.loads((repo / "metrics/report.json").read_text())
     table = report["variants"]
     assert set(table) == set(variants) and table["teacher_torch_fp32"]["speedup_x"] == 1.0

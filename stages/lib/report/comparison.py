@@ -112,7 +112,8 @@ def build_table(ev, reference):
         row = {k: m[k] for k in OPERATING[ev.task] + THRESHOLD_FREE[ev.task] + ev.ci_names if k in m}
         for name in ev.ci_names:
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = m[f"{name}_ci95"]
-        row |= {k: b[k] for k in b if not isinstance(b[k], (dict, list)) and k != "fingerprint_id"}
+        # flat numbers and names only: nested settings (runtime_options) stay in metrics/benchmark.json
+        row |= {k: b[k] for k in b if not isinstance(b[k], (dict, list, type(None))) and k != "fingerprint_id"}
         row["latency_ms_p50_ci_low"], row["latency_ms_p50_ci_high"] = b["latency_ms_p50_ci95"]
         delta = ev.compare(v, reference)
         for k, value in delta.items():
