@@ -217,10 +217,58 @@ def int8_layers(archive, study, reference):
     )
 
 
+def int8_fidelity(archive, study, reference):
+    """Each model's INT8 against its FP32 twin: as int8_auto shipped it (val, test) and all-INT8 by calibration size
+    (val), from summary.json of fidelity.py."""
+    summary, split = archive.json("summary.json"), archive.json("run/metrics/prepare.json")
+    rows = []
+    for r in summary["shipped_int8_auto"] + summary["all_int8_by_calibration"]:
+        lo, hi = r["auroc_delta_pt_ci95"]
+        verdict = "worse" if hi < 0 else "better" if lo > 0 else None
+        shipped = "split" in r
+        what = f"int8_auto ({r['fp32_layers']} in float)" if shipped else f"all-INT8, {r['calibration_images']} calib"
+        rows.append(
+            {
+                "model": r["model"],
+                "int8": what,
+                "split": r.get("split", "val"),
+                "auroc_fp32": r["auroc_fp32"],
+                "auroc_int8": r["auroc_int8"],
+                **delta("auroc_pt", r["auroc_delta_pt"] + 0.0, (lo, hi), verdict, 2),  # never -0.00
+                "logit_sqnr_db": r["logit_sqnr_db"],
+                "pairs_flipped_pct": r["pairs_flipped_pct"],
+                "pairs_put_wrong_pct": r["pairs_put_wrong_pct"],
+                "pairs_put_right_pct": r["pairs_put_right_pct"],
+            }
+        )
+    columns = [
+        ("model", lambda r: r["model"]),
+        ("INT8 model", lambda r: r["int8"]),
+        ("split", lambda r: r["split"]),
+        ("AUROC FP32 -> INT8", lambda r: f"{r['auroc_fp32']:.4f} -> {r['auroc_int8']:.4f}"),
+        ("Δ AUROC, pt [paired 95% CI]", lambda r: interval(r, "auroc_pt", "+.2f")),
+        ("logit SQNR, dB", lambda r: f"{r['logit_sqnr_db']:.1f}"),
+        ("(defect, good) pairs flipped %", lambda r: f"{r['pairs_flipped_pct']:.2f}"),
+        ("put wrong %", lambda r: f"{r['pairs_put_wrong_pct']:.2f}"),
+        ("put right %", lambda r: f"{r['pairs_put_right_pct']:.2f}"),
+    ]
+    return (
+        rows,
+        columns,
+        [
+            "Each INT8 model against its own ONNX Runtime FP32 twin, on the default run's splits (validation: "
+            f"{split['val_defect']} defects, {split['val_good']} good; test: {split['test_defect']} and "
+            f"{split['test_good']}). AUROC is the share of (defect, good) pairs ranked right, so its change is the "
+            "pairs INT8 puts right minus those it puts wrong (up to tied scores). `all-INT8, 128 calib` is int8_auto's "
+            "first step (the default calibration)."
+        ],
+    )
+
+
 def datasets(archive, study, reference):
     """One row per run, each the default pipeline on one data set (lab/crossdata.py)."""
     rows = crossdata.rows(archive, study.runs(archive), reference)
     return rows, crossdata.COLUMNS, crossdata.summary(rows)
 
 
-KINDS = {f.__name__: f for f in (pruned, variants, precision, finetune, gpu, int8_layers, datasets)}
+KINDS = {f.__name__: f for f in (pruned, variants, precision, finetune, gpu, int8_layers, int8_fidelity, datasets)}
