@@ -195,7 +195,12 @@ QUOTES = [
     ),
     ("OpenVINO INT8 img/s", "3260 images/s", REPORT, f"{{{KD_OV}.throughput_img_s:.0f}} images/s"),
     ("ORT INT8 img/s", "ORT: 2631", REPORT, f"ORT: {{{KD_INT8}.throughput_img_s:.0f}}"),
-    ("int8_auto's allowed drop", "within 1.0 pt", "metrics/quantize/teacher_int8_auto.json", "within {max_drop_pt:.1f} pt"),
+    (
+        "int8_auto's allowed drop",
+        "within 1.0 pt",
+        "metrics/quantize/teacher_int8_auto.json",
+        "within {max_drop_pt:.1f} pt",
+    ),
     ("screen cores", "same 2 cores", MACHINE, "same {usable_cpus} cores"),
     ("screen images/s", "823.1 images/s", SELECT, "{screen.images_per_s:.1f} images/s"),
     (
