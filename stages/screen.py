@@ -187,7 +187,7 @@ def parse(argv=None):
     parser.add_argument(
         "--workers",
         type=int,
-        help="decoding threads; 0: in the main thread (default: the cores the ORT threads leave, 1 to 8)",
+        help="decoding threads; 0: in the main thread (default: one per core, at most 8)",
     )
     parser.add_argument("--summary", help="also write the counts, settings and timings as JSON here")
     args = parser.parse_args(argv)
@@ -208,8 +208,12 @@ def default_threads(benchmarked):
 
 
 def default_workers(threads):
-    """Decoders for the cores ONNX Runtime's threads leave free, at least one; 8 decode faster than any model here."""
-    return min(8, max(1, (os.cpu_count() or 1) - threads))
+    """Decoders: one per core, at most 8 (they decode faster than any model here), sharing the cores with the
+    model's `threads`. Where decoding is the slower side they take what the model leaves; where the model is, they
+    wait on the bounded queue. On 2 cores, paired fresh runs of 1,000 ELPV PNGs: the deployed INT8 model (0.46 ms an
+    image against 1.13 ms of decoding) screened 12 % more images/s with 2 decoders than with 1; three FP32 models
+    slower than decoding changed by -3 to +1 %."""
+    return min(8, max(1, os.cpu_count() or 1))
 
 
 def main(argv=None):

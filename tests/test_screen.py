@@ -112,8 +112,10 @@ def test_clean_input_exits_zero(bundle, tmp_path):
     assert score == pytest.approx(1 / (1 + np.exp(-(20 * 200 / 255 - 10))), abs=1e-6)
 
 
-@pytest.mark.parametrize(("cores", "benchmarked", "threads", "workers"), [(2, 2, 1, 1), (16, 2, 2, 8), (1, 2, 1, 1)])
-def test_the_model_keeps_the_benchmarked_threads_but_leaves_a_core_for_decoding(
+@pytest.mark.parametrize(
+    ("cores", "benchmarked", "threads", "workers"), [(2, 2, 1, 2), (4, 2, 2, 4), (16, 2, 2, 8), (1, 2, 1, 1)]
+)
+def test_the_model_keeps_the_benchmarked_threads_but_leaves_a_core_and_every_core_decodes(
     monkeypatch, cores, benchmarked, threads, workers
 ):
     monkeypatch.setattr(screen.os, "cpu_count", lambda: cores)
