@@ -257,14 +257,15 @@ STUDIES = [
     Study(
         "int8_teacher",
         "Could validation have caught the teacher's INT8 loss?",
-        "On the default run the all-INT8 teacher loses AUROC on test (-0.60 [-1.21, -0.03] ▼ against its FP32) while "
-        "int8_auto found it fine on validation: could a validation-only rule, or more calibration data, have caught it?",
+        "On the default run the all-INT8 teacher loses AUROC on test (-0.60 [-1.21, -0.03] ▼ against its FP32) "
+        "while int8_auto found it fine on validation: could a validation-only rule, or more calibration data, have "
+        "caught it?",
         "No. On validation the teacher's INT8 model is as faithful to its FP32 as the students' are to theirs (logit "
         "SQNR 18.8 dB against 19.2 and 20.6; 1.67 % of (defect, good) pairs flipped against 1.68 and 1.40; the "
-        "pruned student's, 17.2 dB and 2.63 %, loses nothing on test), so no label-free rule singles it out, and 300 or 1,024 calibration images do not raise it (18.7, 18.6 dB). Its flips "
-        "lean the wrong way on both splits (pairs put wrong against put right: 0.95 vs 0.72 % on validation, 1.30 vs "
-        "0.65 % on test), so a small real loss is plausible; 123 validation defects do not resolve it (-0.18 [-0.76, "
-        "+0.38]).",
+        "pruned student's, 17.2 dB and 2.63 %, loses nothing on test), so no label-free rule singles it out, and 300 "
+        "or 1,024 calibration images do not raise it (18.7, 18.6 dB). Its flips lean the wrong way on both splits "
+        "(pairs put wrong against put right: 0.95 vs 0.72 % on validation, 1.30 vs 0.65 % on test), so a small real "
+        "loss is plausible; 123 validation defects do not resolve it (-0.18 [-0.76, +0.38]).",
         "int8_fidelity",
         command="dvc repro && python -m lab.int8_teacher.fidelity OUT",
         ran_at="9a4ce2c",
