@@ -119,7 +119,7 @@ def test_the_model_keeps_the_benchmarked_threads_but_leaves_a_core_and_every_cor
     monkeypatch, cores, benchmarked, threads, workers
 ):
     monkeypatch.setattr(screen.os, "cpu_count", lambda: cores)
-    assert screen.default_threads(benchmarked) == threads and screen.default_workers(threads) == workers
+    assert screen.default_threads(benchmarked) == threads and screen.default_workers() == workers
 
 
 def test_the_spinning_option_reaches_the_onnx_runtime_session(bundle):
